@@ -1,0 +1,575 @@
+"""GRU encoder-decoder of the SEARNN paper (Leblond et al., ICLR 2018, Section 4 and Appendix B).
+
+Encoder: token embeddings (or a linear projection of dense source features, for OCR where
+each source position is a 128-pixel image) -> dropout -> (bi)GRU, packed by source length.
+Decoder: target embeddings -> GRU stack, initialised with tanh(Linear(final encoder state)),
+optional additive (Bahdanau) attention, optional input feeding (Luong et al., 2015, Sec. 3.3),
+dropout on the attention output, projection to the vocabulary.
+
+The decoder is a FairseqIncrementalDecoder: SEARNN's roll-outs run it step by step from
+cached states (reordered/duplicated with ``reorder_incremental_state``), so incremental and
+teacher-forced decoding must agree exactly; ``tests/test_searnn_gru.py`` pins that down.
+"""
+
+import argparse
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules import FairseqDropout
+from torch import Tensor
+
+# RNNs have no positional limit; fairseq's LSTM uses the same "large number".
+DEFAULT_MAX_POSITIONS = int(1e5)
+
+EncoderOut = Dict[str, List[Tensor]]
+IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
+
+
+@dataclass
+class SearnnGRUConfig(FairseqDataclass):
+    dropout: float = field(
+        default=0.1,
+        metadata={"help": "dropout on the embeddings and between stacked GRU layers"},
+    )
+    encoder_input_dim: int = field(
+        default=0,
+        metadata={
+            "help": "if > 0, the source is dense features (float B x S x this dim, padding "
+            "given by src_lengths) projected by a linear layer instead of token ids"
+        },
+    )
+    encoder_embed_dim: int = field(
+        default=256,
+        metadata={"help": "source embedding (or dense feature projection) dimension"},
+    )
+    encoder_hidden_size: int = field(
+        default=256, metadata={"help": "encoder GRU size (per direction)"}
+    )
+    encoder_layers: int = field(default=1, metadata={"help": "encoder GRU layers"})
+    encoder_bidirectional: bool = field(
+        default=True, metadata={"help": "bidirectional encoder"}
+    )
+    decoder_embed_dim: int = field(
+        default=256, metadata={"help": "target embedding dimension"}
+    )
+    decoder_hidden_size: int = field(default=256, metadata={"help": "decoder GRU size"})
+    decoder_layers: int = field(default=1, metadata={"help": "decoder GRU layers"})
+    decoder_attention: bool = field(
+        default=True,
+        metadata={"help": "additive (Bahdanau) attention over the encoder outputs"},
+    )
+    decoder_input_feeding: bool = field(
+        default=True,
+        metadata={
+            "help": "feed the previous attentional output to the decoder GRU "
+            "(Luong et al., 2015)"
+        },
+    )
+    decoder_dropout_out: float = field(
+        default=0.1,
+        metadata={
+            "help": "dropout on the decoder output (the attention output when "
+            "attention is on) before the vocabulary projection"
+        },
+    )
+    share_decoder_input_output_embed: bool = field(
+        default=False,
+        metadata={"help": "tie the output projection to the target embeddings"},
+    )
+
+
+@register_model("searnn_gru", dataclass=SearnnGRUConfig)
+class SearnnGRUModel(FairseqEncoderDecoderModel):
+    """``--arch searnn_gru`` is the dataclass defaults (register_model registers that arch
+    itself); ``searnn_gru_ocr``, ``searnn_gru_spelling`` and ``searnn_gru_conll`` are the
+    paper's settings, see the architecture functions at the bottom of this file."""
+
+    @classmethod
+    def add_args(cls, parser):
+        # fairseq's generic add_args turns a bool field into a one-way store_true /
+        # store_false flag: `--encoder-bidirectional` would *disable* the (default True)
+        # bidirectional encoder, and a named arch that turns attention off could not be
+        # turned back on. Bools here take an optional value instead: `--decoder-attention`,
+        # `--decoder-attention True`, `--decoder-attention False`. No defaults are set, so
+        # flags not given stay unset and the named architecture supplies them.
+        for f in fields(SearnnGRUConfig):
+            if f.name.startswith("_"):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help = f.metadata.get("help")
+            if f.type is bool:
+                parser.add_argument(
+                    flag, type=_parse_bool, nargs="?", const=True, metavar="BOOL", help=help
+                )
+            else:
+                parser.add_argument(flag, type=f.type, metavar="N", help=help)
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        # Padding side of dense sources cannot be read off the data (a zero feature
+        # vector is valid input), so take it from the task; token sources are checked.
+        task_cfg = getattr(task, "cfg", None) or getattr(task, "args", None)
+        left_pad_source = bool(getattr(task_cfg, "left_pad_source", False))
+
+        encoder = SearnnGRUEncoder(
+            dictionary=task.source_dictionary,
+            embed_dim=cfg.encoder_embed_dim,
+            hidden_size=cfg.encoder_hidden_size,
+            num_layers=cfg.encoder_layers,
+            bidirectional=cfg.encoder_bidirectional,
+            dropout=cfg.dropout,
+            input_dim=cfg.encoder_input_dim,
+            left_pad=left_pad_source,
+        )
+        decoder = SearnnGRUDecoder(
+            dictionary=task.target_dictionary,
+            embed_dim=cfg.decoder_embed_dim,
+            hidden_size=cfg.decoder_hidden_size,
+            num_layers=cfg.decoder_layers,
+            encoder_output_units=encoder.output_units,
+            attention=cfg.decoder_attention,
+            input_feeding=cfg.decoder_input_feeding,
+            dropout=cfg.dropout,
+            dropout_out=cfg.decoder_dropout_out,
+            share_input_output_embed=cfg.share_decoder_input_output_embed,
+        )
+        return cls(encoder, decoder)
+
+
+class SearnnGRUEncoder(FairseqEncoder):
+    """(Bi)GRU encoder over token ids or, when ``input_dim > 0``, dense feature vectors.
+
+    Returns a dict of single-tensor lists, following TransformerEncoder's layout:
+
+    - ``encoder_out``: (src_len, batch, output_units) outputs, zero at padding,
+      right-aligned (left-padded input is converted)
+    - ``encoder_padding_mask``: (batch, src_len) bool, True at padding
+    - ``encoder_final_hidden``: (batch, output_units) final state of the top layer,
+      both directions concatenated (the decoder's initial state is computed from it)
+    - ``src_lengths``: (batch,) source lengths
+    """
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim=256,
+        hidden_size=256,
+        num_layers=1,
+        bidirectional=True,
+        dropout=0.1,
+        input_dim=0,
+        left_pad=False,
+    ):
+        super().__init__(dictionary)
+        self.padding_idx = dictionary.pad()
+        self.input_dim = input_dim
+        self.left_pad = left_pad
+        if input_dim > 0:
+            self.embed_tokens = None
+            self.input_proj = nn.Linear(input_dim, embed_dim)
+        else:
+            self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
+            self.input_proj = None
+        self.dropout_in_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.num_layers = num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.gru = nn.GRU(
+            input_size=embed_dim,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            # nn.GRU applies this between stacked layers only (and warns if 1 layer).
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
+        self.output_units = hidden_size * self.num_directions
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor, **kwargs) -> EncoderOut:
+        """
+        Args:
+            src_tokens: (batch, src_len) LongTensor of token ids, or (batch, src_len,
+                input_dim) FloatTensor of features when the encoder takes dense input
+            src_lengths: (batch,) number of non-padding source positions
+        """
+        if self.embed_tokens is not None:
+            # A right-padded row never starts with padding, so a padding token in
+            # column 0 means the batch is left-padded, whatever the task flag says.
+            left_padded = bool(src_tokens[:, 0].eq(self.padding_idx).any())
+        else:
+            left_padded = self.left_pad
+        if left_padded:
+            # pack_padded_sequence needs right padding.
+            src_tokens = left_to_right_padding(src_tokens, src_lengths)
+        bsz, src_len = src_tokens.shape[:2]
+
+        if self.embed_tokens is not None:
+            x = self.embed_tokens(src_tokens)
+        else:
+            x = self.input_proj(src_tokens)
+        x = self.dropout_in_module(x)
+        x = x.transpose(0, 1)  # B x S x C -> S x B x C
+
+        # Batches need not be sorted by length (SEARNN reorders and duplicates rows).
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, src_lengths.cpu(), enforce_sorted=False
+        )
+        packed_out, final_hidden = self.gru(packed)
+        x, _ = nn.utils.rnn.pad_packed_sequence(packed_out, total_length=src_len)
+
+        # (layers * directions) x B x H -> top layer, directions concatenated: B x (dirs * H)
+        final_hidden = final_hidden.view(self.num_layers, self.num_directions, bsz, -1)[-1]
+        final_hidden = final_hidden.transpose(0, 1).reshape(bsz, self.output_units)
+
+        positions = torch.arange(src_len, device=src_lengths.device)
+        padding_mask = positions.unsqueeze(0) >= src_lengths.unsqueeze(1)
+        return {
+            "encoder_out": [x],
+            "encoder_padding_mask": [padding_mask.to(x.device)],
+            "encoder_final_hidden": [final_hidden],
+            "src_lengths": [src_lengths],
+        }
+
+    def reorder_encoder_out(self, encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
+        """Select batch rows ``new_order`` (may repeat or drop rows) of every tensor."""
+        return {
+            key: [t.index_select(1 if key == "encoder_out" else 0, new_order) for t in tensors]
+            for key, tensors in encoder_out.items()
+        }
+
+    def max_positions(self):
+        return DEFAULT_MAX_POSITIONS
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau et al. (2015): score(h, e_s) = v^T tanh(W_q h + W_k e_s), softmax over
+    non-padding source positions, context = sum_s a_s e_s."""
+
+    def __init__(self, query_dim, key_dim, attention_dim):
+        super().__init__()
+        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
+        self.key_proj = nn.Linear(key_dim, attention_dim)
+        self.score_proj = nn.Linear(attention_dim, 1, bias=False)
+
+    def project_keys(self, encoder_outs: Tensor) -> Tensor:
+        """S x B x C -> B x S x A. Done once per source, not at every decoding step:
+        it costs more than the GRU step itself."""
+        return self.key_proj(encoder_outs.transpose(0, 1))
+
+    def forward(
+        self, query: Tensor, keys: Tensor, encoder_outs: Tensor, padding_mask: Tensor
+    ) -> Tuple[Tensor, Tensor]:
+        """query: B x H, keys: B x S x A, encoder_outs: S x B x C, padding_mask: B x S.
+        Returns the context (B x C) and the attention weights (B x S)."""
+        scores = self.score_proj(torch.tanh(keys + self.query_proj(query).unsqueeze(1)))
+        scores = scores.squeeze(2).masked_fill(padding_mask, float("-inf"))
+        weights = F.softmax(scores, dim=1)
+        context = (weights.t().unsqueeze(2) * encoder_outs).sum(dim=0)
+        return context, weights
+
+
+class SearnnGRUDecoder(FairseqIncrementalDecoder):
+    """GRU decoder with optional additive attention and input feeding.
+
+    Step t: h_t = GRU([emb(y_{t-1}); o_{t-1} if input feeding], h_{t-1});
+    with attention o_t = tanh(W_o [h_t; c_t]) where c_t attends with h_t, else o_t = h_t;
+    logits_t = W_out dropout(o_t).
+    """
+
+    def __init__(
+        self,
+        dictionary,
+        embed_dim=256,
+        hidden_size=256,
+        num_layers=1,
+        encoder_output_units=512,
+        attention=True,
+        input_feeding=True,
+        dropout=0.1,
+        dropout_out=0.1,
+        share_input_output_embed=False,
+    ):
+        super().__init__(dictionary)
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.input_feeding = input_feeding
+        self.share_input_output_embed = share_input_output_embed
+
+        self.embed_tokens = Embedding(len(dictionary), embed_dim, dictionary.pad())
+        self.dropout_in_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.dropout_out_module = FairseqDropout(
+            dropout_out, module_name=self.__class__.__name__
+        )
+        # Initial state of every layer: tanh(Linear(final encoder state)).
+        self.init_hidden_proj = nn.Linear(encoder_output_units, num_layers * hidden_size)
+        # One nn.GRU serves both the whole-sequence pass (no attention, no input
+        # feeding) and the step-by-step pass (a length-1 sequence per step), so both
+        # use the same weights; on CPU a length-1 nn.GRU is as fast as a GRUCell loop.
+        self.gru = nn.GRU(
+            input_size=embed_dim + (hidden_size if input_feeding else 0),
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        if attention:
+            self.attention = AdditiveAttention(hidden_size, encoder_output_units, hidden_size)
+            self.attention_out_proj = nn.Linear(hidden_size + encoder_output_units, hidden_size)
+        else:
+            self.attention = None
+            self.attention_out_proj = None
+
+        if share_input_output_embed:
+            # The tied output matrix has embed_dim columns.
+            self.out_embed_proj = (
+                nn.Linear(hidden_size, embed_dim, bias=False)
+                if hidden_size != embed_dim
+                else None
+            )
+            self.fc_out = None
+        else:
+            self.out_embed_proj = None
+            self.fc_out = nn.Linear(hidden_size, len(dictionary))
+
+    @property
+    def stepwise(self) -> bool:
+        """Attention and input feeding make each step's GRU input depend on the
+        previous step's output, which forces a Python loop over time."""
+        return self.attention is not None or self.input_feeding
+
+    def forward(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[EncoderOut] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            prev_output_tokens: (batch, tgt_len) shifted target tokens (teacher forcing)
+            encoder_out: output of :class:`SearnnGRUEncoder`
+            incremental_state: cache for step-by-step decoding. Once it holds this
+                decoder's state, only the last token of ``prev_output_tokens`` is read;
+                while it is empty, all of them are (a roll-in prefix, or the first step).
+
+        Returns:
+            logits (batch, tgt_len or 1, vocab) and {"attn": [(batch, tgt_len, src_len)
+            attention weights, or None without attention]}
+        """
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        return self.output_layer(x), extra
+
+    def extract_features(
+        self,
+        prev_output_tokens: Tensor,
+        encoder_out: Optional[EncoderOut] = None,
+        incremental_state: Optional[IncrementalState] = None,
+        **kwargs,
+    ):
+        assert encoder_out is not None, "the decoder is initialised from the encoder"
+        encoder_outs = encoder_out["encoder_out"][0]
+        padding_mask = encoder_out["encoder_padding_mask"][0]
+
+        cached = self._get_cached_state(incremental_state)
+        if cached is not None:
+            prev_output_tokens = prev_output_tokens[:, -1:]
+        bsz, tgt_len = prev_output_tokens.size()
+
+        x = self.dropout_in_module(self.embed_tokens(prev_output_tokens))
+        x = x.transpose(0, 1)  # B x T x C -> T x B x C
+
+        if cached is None:
+            init = torch.tanh(self.init_hidden_proj(encoder_out["encoder_final_hidden"][0]))
+            hidden = init.view(bsz, self.num_layers, self.hidden_size).transpose(0, 1)
+            hidden = hidden.contiguous()
+            input_feed = x.new_zeros(bsz, self.hidden_size) if self.input_feeding else None
+            keys = (
+                self.attention.project_keys(encoder_outs)
+                if self.attention is not None
+                else None
+            )
+        else:
+            hidden = cached["hidden"].transpose(0, 1).contiguous()
+            input_feed = cached.get("input_feed")
+            keys = cached.get("attention_keys")
+
+        attn: Optional[Tensor] = None
+        if self.stepwise:
+            outs, attns = [], []
+            for t in range(tgt_len):
+                rnn_input = x[t] if input_feed is None else torch.cat((x[t], input_feed), 1)
+                top, hidden = self.gru(rnn_input.unsqueeze(0), hidden)
+                top = top[0]
+                if self.attention is not None:
+                    context, weights = self.attention(top, keys, encoder_outs, padding_mask)
+                    out = torch.tanh(self.attention_out_proj(torch.cat((top, context), 1)))
+                    attns.append(weights)
+                else:
+                    out = top
+                out = self.dropout_out_module(out)
+                if input_feed is not None:
+                    input_feed = out
+                outs.append(out)
+            x = torch.stack(outs, dim=1)
+            if attns:
+                attn = torch.stack(attns, dim=1)
+        else:
+            x, hidden = self.gru(x, hidden)
+            x = self.dropout_out_module(x.transpose(0, 1))
+
+        if incremental_state is not None:
+            self._set_cached_state(incremental_state, hidden, input_feed, keys)
+        return x, {"attn": [attn]}
+
+    def output_layer(self, features: Tensor) -> Tensor:
+        """Project decoder features (B x T x H) to vocabulary logits."""
+        if self.fc_out is not None:
+            return self.fc_out(features)
+        if self.out_embed_proj is not None:
+            features = self.out_embed_proj(features)
+        return F.linear(features, self.embed_tokens.weight)
+
+    # Cached state: every tensor is batch-first, so reordering is one index_select(0)
+    # per tensor. "hidden" is B x layers x H; "attention_keys" (the projected encoder
+    # outputs, B x S x A) is cached because recomputing it would dominate a step's cost.
+
+    def _get_cached_state(
+        self, incremental_state: Optional[IncrementalState]
+    ) -> Optional[Dict[str, Optional[Tensor]]]:
+        if incremental_state is None:
+            return None
+        return self.get_incremental_state(incremental_state, "cached_state")
+
+    def _set_cached_state(
+        self,
+        incremental_state: IncrementalState,
+        hidden: Tensor,
+        input_feed: Optional[Tensor],
+        keys: Optional[Tensor],
+    ):
+        state: Dict[str, Optional[Tensor]] = {"hidden": hidden.transpose(0, 1)}
+        if input_feed is not None:
+            state["input_feed"] = input_feed
+        if keys is not None:
+            state["attention_keys"] = keys
+        self.set_incremental_state(incremental_state, "cached_state", state)
+
+    def reorder_incremental_state(
+        self, incremental_state: IncrementalState, new_order: Tensor
+    ):
+        """Select batch rows ``new_order`` (may repeat or drop rows) of the cache."""
+        cached = self._get_cached_state(incremental_state)
+        if cached is None:
+            return
+        reordered: Dict[str, Optional[Tensor]] = {
+            key: (t.index_select(0, new_order) if t is not None else None)
+            for key, t in cached.items()
+        }
+        self.set_incremental_state(incremental_state, "cached_state", reordered)
+
+    def max_positions(self):
+        return DEFAULT_MAX_POSITIONS
+
+
+def left_to_right_padding(x: Tensor, lengths: Tensor) -> Tensor:
+    """Move each row's ``lengths[b]`` trailing positions (dim 1) to the front.
+    Works for token ids (B x S) and dense features (B x S x D)."""
+    src_len = x.size(1)
+    positions = torch.arange(src_len, device=x.device).unsqueeze(0)
+    shift = (src_len - lengths.to(x.device)).unsqueeze(1)
+    index = (positions + shift) % src_len  # B x S: padding wraps around to the end
+    if x.dim() == 3:
+        index = index.unsqueeze(2).expand_as(x)
+    return x.gather(1, index)
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+
+
+def Embedding(num_embeddings, embedding_dim, padding_idx):
+    # fairseq's LSTM initialisation; the padding row stays zero.
+    m = nn.Embedding(num_embeddings, embedding_dim, padding_idx=padding_idx)
+    nn.init.uniform_(m.weight, -0.1, 0.1)
+    nn.init.constant_(m.weight[padding_idx], 0)
+    return m
+
+
+# Named architectures. fairseq's parser leaves flags that were not given unset, then the
+# arch function fills them: explicit flags win, then the arch's settings, then (via
+# base_architecture) the dataclass defaults. `--arch searnn_gru` itself needs no function:
+# fairseq fills a missing field of the plain model name from the dataclass.
+
+
+def base_architecture(args):
+    for f in fields(SearnnGRUConfig):
+        if not f.name.startswith("_"):
+            setattr(args, f.name, getattr(args, f.name, f.default))
+
+
+@register_model_architecture("searnn_gru", "searnn_gru_ocr")
+def searnn_gru_ocr(args):
+    # Section 4: "an encoder-decoder model with GRU cells of size 128". Each source
+    # position is a 16x8 binary letter image, i.e. a 128-d dense vector.
+    args.encoder_input_dim = getattr(args, "encoder_input_dim", 128)
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 128)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 128)
+    args.encoder_layers = getattr(args, "encoder_layers", 1)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 128)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 128)
+    args.decoder_layers = getattr(args, "decoder_layers", 1)
+    args.decoder_attention = getattr(args, "decoder_attention", False)
+    args.decoder_input_feeding = getattr(args, "decoder_input_feeding", False)
+    # The paper mentions no dropout for OCR.
+    args.dropout = getattr(args, "dropout", 0.0)
+    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", 0.0)
+    base_architecture(args)
+
+
+@register_model_architecture("searnn_gru", "searnn_gru_spelling")
+def searnn_gru_spelling(args):
+    # Section 4: "GRU cells of size 100 with the attention mechanism described in
+    # (Bahdanau et al., 2017)".
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 100)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 100)
+    args.encoder_layers = getattr(args, "encoder_layers", 1)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 100)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 100)
+    args.decoder_layers = getattr(args, "decoder_layers", 1)
+    args.decoder_attention = getattr(args, "decoder_attention", True)
+    args.decoder_input_feeding = getattr(args, "decoder_input_feeding", False)
+    args.dropout = getattr(args, "dropout", 0.0)
+    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", 0.0)
+    base_architecture(args)
+
+
+@register_model_architecture("searnn_gru", "searnn_gru_conll")
+def searnn_gru_conll(args):
+    # Appendix B: 50-d word embeddings; two GRU layers of size 172 in encoder and
+    # decoder, bidirectional encoder, Bahdanau attention, input feeding, dropout 0.3
+    # between the two layers and on the output of the attention mechanism.
+    args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 50)
+    args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 172)
+    args.encoder_layers = getattr(args, "encoder_layers", 2)
+    args.encoder_bidirectional = getattr(args, "encoder_bidirectional", True)
+    args.decoder_embed_dim = getattr(args, "decoder_embed_dim", 50)
+    args.decoder_hidden_size = getattr(args, "decoder_hidden_size", 172)
+    args.decoder_layers = getattr(args, "decoder_layers", 2)
+    args.decoder_attention = getattr(args, "decoder_attention", True)
+    args.decoder_input_feeding = getattr(args, "decoder_input_feeding", True)
+    args.dropout = getattr(args, "dropout", 0.3)
+    args.decoder_dropout_out = getattr(args, "decoder_dropout_out", 0.3)
+    base_architecture(args)
