@@ -144,6 +144,9 @@ class SearnnGRUModel(FairseqEncoderDecoderModel):
             dropout_out=cfg.decoder_dropout_out,
             share_input_output_embed=cfg.share_decoder_input_output_embed,
         )
+        # Without attention the decoder only reads the final state: not keeping the
+        # per-position outputs spares every roll-out row a copy of them.
+        encoder.keep_outputs = cfg.decoder_attention
         return cls(encoder, decoder)
 
 
@@ -175,6 +178,7 @@ class SearnnGRUEncoder(FairseqEncoder):
         self.padding_idx = dictionary.pad()
         self.input_dim = input_dim
         self.left_pad = left_pad
+        self.keep_outputs = True  # the model turns this off when its decoder does not attend
         if input_dim > 0:
             self.embed_tokens = None
             self.input_proj = nn.Linear(input_dim, embed_dim)
@@ -233,7 +237,7 @@ class SearnnGRUEncoder(FairseqEncoder):
         positions = torch.arange(src_len, device=src_lengths.device)
         padding_mask = positions.unsqueeze(0) >= src_lengths.unsqueeze(1)
         return {
-            "encoder_out": [x],
+            "encoder_out": [x] if self.keep_outputs else [],
             "encoder_padding_mask": [padding_mask.to(x.device)],
             "encoder_final_hidden": [final_hidden],
             "src_lengths": [src_lengths],
@@ -375,7 +379,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         **kwargs,
     ):
         assert encoder_out is not None, "the decoder is initialised from the encoder"
-        encoder_outs = encoder_out["encoder_out"][0]
+        encoder_outs = encoder_out["encoder_out"][0] if self.attention is not None else None
         padding_mask = encoder_out["encoder_padding_mask"][0]
 
         cached = self._get_cached_state(incremental_state)

@@ -1,0 +1,147 @@
+"""End to end through the real command lines: fairseq-preprocess, fairseq-train
+with our criteria on lstm, transformer and searnn_gru, fairseq-generate on the
+checkpoint (no environment variable set), resume, exact resume, two-process
+training."""
+
+import os
+import random
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+ARCH_FLAGS = {
+    "lstm": ["--arch", "lstm", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-hidden-size", "16",
+             "--decoder-hidden-size", "16", "--decoder-out-embed-dim", "16"],
+    "transformer": ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
+                    "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+                    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"],
+    "searnn_gru": ["--arch", "searnn_gru", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+                   "--encoder-hidden-size", "16", "--decoder-hidden-size", "16"],
+}
+SEARNN = ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "mixed", "--cost", "hamming",
+          "--token-sampling", "uniform", "--sampled-tokens", "3", "--sampled-cells", "2"]
+
+
+def clean_env():
+    """The user's environment, without anything that would bypass the safe loader."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run(args, cwd=REPO, **kwargs):
+    out = subprocess.run(args, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=300, **kwargs)
+    assert out.returncode == 0, f"{' '.join(args)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def data_bin(tmp_path_factory):
+    """A tiny reversal task: the target is the source reversed."""
+    root = tmp_path_factory.mktemp("reverse")
+    rng = random.Random(0)
+    for split, count in (("train", 96), ("valid", 16), ("test", 16)):
+        sources = [" ".join(rng.choice("abcdef") for _ in range(rng.randint(1, 6))) for _ in range(count)]
+        (root / f"{split}.src").write_text("\n".join(sources) + "\n")
+        (root / f"{split}.tgt").write_text("\n".join(" ".join(reversed(s.split())) for s in sources) + "\n")
+    run([f"{BIN}/fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--joined-dictionary",
+         "--trainpref", str(root / "train"), "--validpref", str(root / "valid"), "--testpref", str(root / "test"),
+         "--destdir", str(root / "bin"), "--workers", "1"])
+    return str(root / "bin")
+
+
+def train(data, save_dir, arch, max_update, extra=()):
+    return run([f"{BIN}/fairseq-train", data, "--user-dir", "searnn_fairseq", "--task", "translation", *ARCH_FLAGS[arch],
+                *SEARNN, "--optimizer", "adam", "--lr", "0.005", "--batch-size", "16", "--max-update", str(max_update),
+                "--save-dir", save_dir, "--cpu", "--seed", "3", "--log-format", "simple", "--log-interval", "1",
+                "--best-checkpoint-metric", "cost", "--num-workers", "0", "--dropout", "0.1", *extra])
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer", "searnn_gru"])
+def test_train_generate_and_resume_from_the_command_line(data_bin, tmp_path, arch):
+    save = str(tmp_path / "ckpt")
+    log = train(data_bin, save, arch, 4)
+    assert "rollouts" in log and "valid" in log and "cost" in log
+    assert os.path.exists(os.path.join(save, "checkpoint_best.pt"))
+
+    generated = run([f"{BIN}/fairseq-generate", data_bin, "--user-dir", "searnn_fairseq", "--path",
+                     os.path.join(save, "checkpoint_best.pt"), "--beam", "1", "--batch-size", "8", "--cpu",
+                     "--gen-subset", "test"])
+    assert "Generate test with beam=1" in generated
+    assert sum(line.startswith("H-") for line in generated.splitlines()) == 16
+
+    resumed = train(data_bin, save, arch, 6)
+    assert "Loaded checkpoint" in resumed
+    assert "num_updates 6" in resumed or "num_updates\": \"6" in resumed or "| 6 |" in resumed or "updates 6" in resumed
+
+
+def load_params(path):
+    state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return {k: v.float() for k, v in state.items()}
+
+
+def test_resume_reproduces_an_uninterrupted_run(data_bin, tmp_path):
+    straight = str(tmp_path / "straight")
+    train(data_bin, straight, "searnn_gru", 9, ["--no-epoch-checkpoints"])
+    split = str(tmp_path / "split")
+    train(data_bin, split, "searnn_gru", 4, ["--no-epoch-checkpoints"])
+    train(data_bin, split, "searnn_gru", 9, ["--no-epoch-checkpoints"])
+    a = load_params(os.path.join(straight, "checkpoint_last.pt"))
+    b = load_params(os.path.join(split, "checkpoint_last.pt"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6), key
+
+
+WORKER = r"""
+import sys, torch
+from fairseq import checkpoint_utils
+from fairseq_cli import train
+
+rank, out = int(sys.argv[1]), sys.argv[2]
+save = checkpoint_utils.save_checkpoint
+
+def save_and_dump(cfg, trainer, epoch_itr, val_loss):
+    torch.save({k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.pt")
+    return save(cfg, trainer, epoch_itr, val_loss)
+
+checkpoint_utils.save_checkpoint = save_and_dump
+sys.argv = ["fairseq-train"] + sys.argv[3:]
+train.cli_main()
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_training_keeps_ranks_identical(data_bin, tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        args = [sys.executable, str(script), str(rank), str(tmp_path), data_bin, "--user-dir", "searnn_fairseq",
+                "--task", "translation", *ARCH_FLAGS["searnn_gru"], *SEARNN, "--optimizer", "adam", "--lr", "0.005",
+                "--batch-size", "8", "--max-update", "3", "--save-dir", str(tmp_path / f"ckpt{rank}"), "--cpu",
+                "--seed", "3", "--num-workers", "0", "--distributed-world-size", "2", "--distributed-backend", "gloo",
+                "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
+                "--ddp-backend", "legacy_ddp", "--distributed-rank", str(rank), "--disable-validation"]
+        procs.append(subprocess.Popen(args, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    a = torch.load(tmp_path / "rank0.pt")
+    b = torch.load(tmp_path / "rank1.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    fresh = torch.load(os.path.join(tmp_path / "ckpt0", "checkpoint_last.pt"), weights_only=False)
+    assert fresh["optimizer_history"][-1]["num_updates"] == 3
