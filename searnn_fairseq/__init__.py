@@ -3,11 +3,12 @@
 Load it with ``--user-dir searnn_fairseq`` (or the path printed by
 ``searnn-user-dir``). Importing it registers the criteria (searnn_ll,
 searnn_llcas, searnn_shl, searnn_kl), the searnn_gru model, tasks and scorers,
-and makes fairseq checkpoints loadable under torch >= 2.6.
+makes fairseq checkpoints loadable under torch >= 2.6, and stops fairseq 0.12
+from dropping the last batch of a dataset (see ``compat``).
 """
 
-from searnn_fairseq.checkpoint_compat import register_safe_globals
+from searnn_fairseq import compat
 
-register_safe_globals()
+compat.apply()
 
-from searnn_fairseq import costs, criterions, models  # noqa: E402,F401
+from searnn_fairseq import costs, criterions, models, scoring, tasks  # noqa: E402,F401

@@ -145,3 +145,15 @@ def test_two_process_training_keeps_ranks_identical(data_bin, tmp_path):
         assert torch.equal(a[key], b[key]), key
     fresh = torch.load(os.path.join(tmp_path / "ckpt0", "checkpoint_last.pt"), weights_only=False)
     assert fresh["optimizer_history"][-1]["num_updates"] == 3
+
+
+def test_no_batch_is_dropped_when_the_dataset_size_is_not_a_multiple_of_eight():
+    import numpy as np
+    from fairseq.data import data_utils
+
+    import searnn_fairseq  # noqa: F401
+
+    indices = np.arange(13)
+    for kwargs in ({"max_sentences": 8}, {"max_tokens": 1000, "max_sentences": 64}):
+        batches = data_utils.batch_by_size(indices, lambda i: 5, required_batch_size_multiple=8, **kwargs)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(13))

@@ -189,3 +189,17 @@ def test_a_decoder_without_incremental_decoding_is_refused():
     model.train()
     with pytest.raises(ValueError, match="incremental"):
         crit(model, tiny.batch(task.target_dictionary, PAIRS))
+
+
+def test_searnn_mle_trains_exactly_like_cross_entropy():
+    task, model, baseline = tiny.build("lstm", ["--criterion", "searnn_mle"], extra=["--dropout", "0"])
+    mle = task.build_criterion(tiny.parse("lstm", ["--criterion", "cross_entropy"], ["--dropout", "0"]))
+    sample = tiny.batch(task.target_dictionary, PAIRS)
+    model.train()
+    loss_b, size_b, grads_b = loss_and_grads(model, baseline, sample)
+    loss_m, size_m, grads_m = loss_and_grads(model, mle, sample)
+    assert size_b == size_m and torch.allclose(loss_b, loss_m)
+    assert all(torch.allclose(grads_b[n], grads_m[n]) for n in grads_m)
+    model.eval()
+    with torch.no_grad():
+        assert "greedy_cost_sum" in baseline(model, sample)[2]

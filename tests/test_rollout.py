@@ -156,3 +156,38 @@ def test_transformer_cross_attention_cache_follows_a_same_size_reorder():
         model.decoder(tokens, encoder_out=enc_r, incremental_state=fresh)
         want = model.decoder(step, encoder_out=enc_r, incremental_state=fresh)[0][:, -1]
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_roll_in_that_emits_eos_early_keeps_costs_exact_and_loss_finite():
+    flags = ["--criterion", "searnn_llcas", "--cost", "edit", "--rollin", "learned", "--rollout", "learned"]
+    task, model, criterion = tiny.build("lstm", flags, seed=2)
+    d = task.target_dictionary
+    with torch.no_grad():
+        model.decoder.fc_out.bias[d.eos()] = 50.0  # the model wants to stop at once
+    sample = tiny.batch(d, PAIRS)
+    model.train()
+    result = criterion.search(model, sample)
+    num_cells, ref_lens = reference_lengths(sample["target"], d.pad(), d.eos())
+    inside = torch.arange(result.rollin_tokens.size(1)).unsqueeze(0) < num_cells.unsqueeze(1)
+    assert result.rollin_tokens[inside].eq(d.eos()).all()
+    # a roll-out forced off EOS stops right after its forced token
+    for m, (b, t) in enumerate(result.cells.tolist()):
+        for k, a in enumerate(result.actions[m].tolist()):
+            if not result.valid[m, k]:
+                continue
+            hyp = [d.eos()] * t + ([] if a == d.eos() else [a])
+            ref = sample["target"][b, : ref_lens[b]].tolist()
+            expected = levenshtein_reference(hyp, ref) / max(len(ref), 1)
+            assert abs(result.costs[m, k].item() - expected) < 1e-6
+    loss = criterion(model, sample)[0]
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def levenshtein_reference(a, b):
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]

@@ -211,6 +211,9 @@ class SearnnCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         if not model.training:
             return self.evaluate(model, sample)
+        return self.train_forward(model, sample)
+
+    def train_forward(self, model, sample):
         check_incremental(model)
         target = sample["target"]
         result = self.search(model, sample)
@@ -228,15 +231,7 @@ class SearnnCriterion(FairseqCriterion):
         loss = self.cell_losses(scores, costs, valid, target_slots).sum()
 
         if self.cfg.mle_weight > 0:
-            if self.cfg.rollin == "reference":
-                mle_nll = rollin_nll
-            else:
-                teacher = model(**sample["net_input"])
-                mle_lprobs = model.get_normalized_probs(teacher, log_probs=True)
-                mle_nll = F.nll_loss(
-                    mle_lprobs.view(-1, mle_lprobs.size(-1)), target.view(-1),
-                    ignore_index=self.padding_idx, reduction="sum",
-                )
+            mle_nll = rollin_nll if self.cfg.rollin == "reference" else self.teacher_forced_nll(model, sample)
             loss = loss + self.cfg.mle_weight * mle_nll
 
         num_cells = result.cells.size(0)
@@ -281,14 +276,17 @@ class SearnnCriterion(FairseqCriterion):
         prev[:, 1:] = tokens[:, :-1]
         return prev.masked_fill(tokens.eq(self.padding_idx), self.padding_idx)
 
+    def teacher_forced_nll(self, model, sample):
+        net_output = model(**sample["net_input"])
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        return F.nll_loss(
+            lprobs.view(-1, lprobs.size(-1)), sample["target"].view(-1), ignore_index=self.padding_idx, reduction="sum"
+        )
+
     def evaluate(self, model, sample):
         """Validation: teacher-forced NLL and the cost of the greedy prediction."""
         target = sample["target"]
-        net_output = model(**sample["net_input"])
-        lprobs = model.get_normalized_probs(net_output, log_probs=True)
-        nll = F.nll_loss(
-            lprobs.view(-1, lprobs.size(-1)), target.view(-1), ignore_index=self.padding_idx, reduction="sum"
-        )
+        nll = self.teacher_forced_nll(model, sample)
         _, ref_lens = reference_lengths(target, self.padding_idx, self.eos)
         caps = rollout_caps(ref_lens, self.policy, model)
         net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
@@ -381,3 +379,23 @@ class SearnnKLCriterion(SearnnCriterion):
 
     def cell_losses(self, scores, costs, valid, target):
         return losses.soft_target_loss(scores, costs, valid, target, temperature=self.cfg.temperature)
+
+
+@register_criterion("searnn_mle", dataclass=SearnnConfig)
+class SearnnMLECriterion(SearnnCriterion):
+    """The MLE baseline: fairseq's token cross-entropy in training, with the SEARNN
+    criteria's validation (greedy prediction's ``cost``), so MLE and SEARNN runs
+    select checkpoints on the same metric. Search options are ignored."""
+
+    def train_forward(self, model, sample):
+        nll = self.teacher_forced_nll(model, sample)
+        ntokens = sample["ntokens"]
+        sample_size = sample["target"].size(0) if self.sentence_avg else ntokens
+        logging_output = {
+            "loss": nll.item(),
+            "nll_loss": nll.item(),
+            "ntokens": ntokens,
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        return nll, sample_size, logging_output

@@ -175,7 +175,8 @@ class SearnnGRUEncoder(FairseqEncoder):
         left_pad=False,
     ):
         super().__init__(dictionary)
-        self.padding_idx = dictionary.pad()
+        # dense sources have no dictionary; padding_idx only matters for token input
+        self.padding_idx = dictionary.pad() if dictionary is not None else None
         self.input_dim = input_dim
         self.left_pad = left_pad
         self.keep_outputs = True  # the model turns this off when its decoder does not attend

@@ -1,11 +1,18 @@
-"""Let fairseq checkpoints load under torch >= 2.6.
+"""Fixes for running fairseq 0.12 (fairseq-fixed) on current torch, applied on import.
 
-torch 2.6 made ``torch.load`` default to ``weights_only=True``, which refuses
+1. Checkpoints. torch 2.6 made ``torch.load`` default to ``weights_only=True``, which refuses
 the Python objects fairseq stores next to the weights (an argparse.Namespace,
 omegaconf configs, enums from the dataclass configs), so ``fairseq-generate``
 and resuming ``fairseq-train`` fail with "Unsupported global". Importing the
 plugin (``--user-dir searnn_fairseq``) registers those classes as safe globals:
 no environment variable, and checkpoints stay loaded through the safe loader.
+
+2. The last batch. ``fairseq.data.data_utils.batch_by_size`` drops the last
+batch when its size is not a multiple of ``--required-batch-size-multiple``
+(default 8; facebookresearch/fairseq#5036): fairseq-generate silently skips up
+to 7 test sentences, and training never sees the same few examples. Batches
+are consecutive runs of the ordered indices, so the dropped batch is the tail
+of ``indices``; we put it back.
 """
 
 import argparse
@@ -61,3 +68,30 @@ def register_safe_globals() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 loads everything anyway
         add(checkpoint_globals())
+
+
+def keep_last_batch() -> None:
+    from fairseq.data import data_utils
+
+    original = data_utils.batch_by_size
+    if getattr(original, "keeps_last_batch", False):
+        return
+
+    def batch_by_size(indices, num_tokens_fn, num_tokens_vec=None, max_tokens=None, max_sentences=None,
+                      required_batch_size_multiple=1, fixed_shapes=None):
+        batches = original(indices, num_tokens_fn, num_tokens_vec, max_tokens, max_sentences,
+                           required_batch_size_multiple, fixed_shapes)
+        covered = sum(len(b) for b in batches)
+        if fixed_shapes is None and covered < len(indices):
+            import numpy as np
+
+            batches = list(batches) + [np.asarray(indices[covered:], dtype=np.int64)]
+        return batches
+
+    batch_by_size.keeps_last_batch = True
+    data_utils.batch_by_size = batch_by_size
+
+
+def apply() -> None:
+    register_safe_globals()
+    keep_last_batch()
