@@ -32,6 +32,7 @@ from torch import Tensor
 
 ROLLIN_CHOICES = ("reference", "learned", "mixed")
 ROLLOUT_CHOICES = ("reference", "learned", "mixed")
+ROLLOUT_COIN_CHOICES = ("cell", "rollout")
 
 
 @dataclass
@@ -41,7 +42,8 @@ class SearchPolicy:
     rollin: str = "learned"
     rollin_ref_prob: float = 0.5  # mixed roll-in: per-step chance to follow the reference
     rollout: str = "mixed"
-    rollout_ref_prob: float = 0.5  # mixed roll-out: per-roll-out chance to be the reference
+    rollout_ref_prob: float = 0.5  # mixed roll-out: chance to follow the reference
+    rollout_coin: str = "cell"  # mixed roll-out: one coin per cell (all its tokens) or per roll-out
     max_len_a: float = 1.0  # learned roll-outs stop at EOS or at a * ref_len + b tokens
     max_len_b: int = 5
     dropout: bool = False  # keep the model's dropout on during roll-in/roll-out
@@ -261,7 +263,9 @@ def search(
                     if policy.rollout == "reference":
                         quick = torch.ones_like(quick)
                     elif policy.rollout == "mixed":
-                        quick |= torch.rand(chosen.shape, device=device) < policy.rollout_ref_prob
+                        coin_shape = (chosen.size(0), 1) if policy.rollout_coin == "cell" else chosen.shape
+                        coins = torch.rand(coin_shape, device=device) < policy.rollout_ref_prob
+                        quick |= coins.expand_as(chosen)
                     quick &= valid
                     learned = valid & ~quick
                     learned_masks.append(learned)

@@ -191,3 +191,21 @@ def levenshtein_reference(a, b):
         for j, y in enumerate(b, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
     return row[-1]
+
+
+@pytest.mark.parametrize("coin", ["cell", "rollout"])
+def test_mixed_rollout_coin_is_shared_by_a_cell_or_drawn_per_rollout(coin):
+    flags = ["--criterion", "searnn_ll", "--rollin", "learned", "--rollout", "mixed", "--rollout-coin", coin]
+    task, model, criterion = tiny.build("lstm", flags)
+    d = task.target_dictionary
+    torch.manual_seed(0)
+    result = criterion.search(model, tiny.batch(d, PAIRS * 4))
+    runs_network = result.valid & result.actions.ne(d.eos())
+    learned_share = [result.learned[m][runs_network[m]].float().mean().item() for m in range(result.cells.size(0))]
+    mixed_cells = sum(0 < share < 1 for share in learned_share)
+    if coin == "cell":
+        assert mixed_cells == 0
+    else:
+        assert mixed_cells > 0
+    overall = result.learned[runs_network].float().mean().item()
+    assert 0.3 < overall < 0.7  # --rollout-ref-prob 0.5

@@ -29,6 +29,7 @@ from searnn_fairseq.costs import COST_REGISTRY, build_cost
 from searnn_fairseq.rollout import (
     ROLLIN_CHOICES,
     ROLLOUT_CHOICES,
+    ROLLOUT_COIN_CHOICES,
     SearchPolicy,
     SearchResult,
     check_incremental,
@@ -54,8 +55,12 @@ class SearnnConfig(FairseqDataclass):
         default="mixed", metadata={"help": "roll-out policy: copy the ground truth, greedy decoding, or a per-roll-out mix"}
     )
     rollout_ref_prob: float = field(
-        default=0.5,
-        metadata={"help": "mixed roll-out: probability that a roll-out follows the reference (one coin per roll-out)"},
+        default=0.5, metadata={"help": "mixed roll-out: probability of following the reference policy"}
+    )
+    rollout_coin: ChoiceEnum(ROLLOUT_COIN_CHOICES) = field(
+        default="cell",
+        metadata={"help": "mixed roll-out: one coin per cell, shared by all its tokens so their costs are "
+                          "comparable, or one coin per roll-out"},
     )
     cost: str = field(
         default="hamming",
@@ -132,6 +137,7 @@ class SearnnCriterion(FairseqCriterion):
             rollin_ref_prob=cfg.rollin_ref_prob,
             rollout=cfg.rollout,
             rollout_ref_prob=cfg.rollout_ref_prob,
+            rollout_coin=cfg.rollout_coin,
             max_len_a=cfg.rollout_max_len_a,
             max_len_b=cfg.rollout_max_len_b,
             dropout=cfg.rollout_dropout,

@@ -1,0 +1,354 @@
+"""Wall time and peak memory of one SEARNN update, as a ratio to an MLE update.
+
+Every configuration is measured in one process on the same model and batch:
+fairseq's ``cross_entropy`` step, then the SEARNN step (forward, backward,
+optimizer step), each the median of several updates after warm-up. Before
+timing, the model is fitted to the batch with a few MLE updates so that
+learned roll-outs stop at a realistic length (a fresh model never emits EOS
+and every roll-out would run to the cap).
+
+Peak memory is measured in a fresh subprocess per (configuration, criterion):
+the rise of the process's peak resident set (CPU) or of
+``torch.cuda.max_memory_allocated`` (GPU) over the state before the first
+step.
+
+    python benchmarks/step_time.py                 # all configurations
+    python benchmarks/step_time.py --quick         # tiny sizes, < 1 minute
+    python benchmarks/step_time.py --device cuda --json out.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fairseq import options, tasks  # noqa: E402
+from fairseq.data import Dictionary  # noqa: E402
+
+import searnn_fairseq  # noqa: E402,F401
+from benchmarks.naive import naive_search  # noqa: E402
+
+CONFIGS = {
+    "1-ocr-5tok": dict(
+        arch=["--arch", "searnn_gru_ocr", "--encoder-input-dim", "128"],
+        vocab=26, batch=64, lengths=(3, 14), dense=128,
+        searnn=["--criterion", "searnn_llcas", "--cost", "hamming", "--rollin", "learned", "--rollout", "mixed",
+                "--token-sampling", "uniform", "--sampled-tokens", "5"],
+        naive=True,
+    ),
+    "2-ocr-all": dict(
+        arch=["--arch", "searnn_gru_ocr", "--encoder-input-dim", "128"],
+        vocab=26, batch=64, lengths=(3, 14), dense=128,
+        searnn=["--criterion", "searnn_llcas", "--cost", "hamming", "--rollin", "learned", "--rollout", "mixed",
+                "--token-sampling", "all"],
+    ),
+    "3-mt-transformer": dict(
+        arch=["--arch", "transformer", "--encoder-layers", "3", "--decoder-layers", "3",
+              "--encoder-embed-dim", "256", "--decoder-embed-dim", "256", "--encoder-ffn-embed-dim", "1024",
+              "--decoder-ffn-embed-dim", "1024", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+              "--share-decoder-input-output-embed"],
+        vocab=8000, batch=30, lengths=(20, 30), dense=0,
+        searnn=["--criterion", "searnn_llcas", "--cost", "bleu", "--rollin", "learned", "--rollout", "mixed",
+                "--token-sampling", "topk", "--sampled-tokens", "5", "--sampled-cells", "10"],
+    ),
+}
+
+QUICK = {
+    "1-ocr-5tok": dict(batch=8, lengths=(3, 6)),
+    "2-ocr-all": dict(batch=4, lengths=(3, 5)),
+    "3-mt-transformer": dict(batch=4, lengths=(5, 8), vocab=200),
+}
+
+
+def build(config, criterion_flags, device):
+    parser = options.get_training_parser()
+    argv = ["unused", "--task", "translation", "--optimizer", "sgd", "--lr", "0.1", *config["arch"],
+            *criterion_flags, "--dropout", "0.1"]
+    if device == "cpu":
+        argv.append("--cpu")
+    args = options.parse_args_and_arch(parser, argv)
+    dictionary = Dictionary()
+    for i in range(config["vocab"]):
+        dictionary.add_symbol(f"t{i}", n=config["vocab"] - i)
+    dictionary.finalize(padding_factor=8)
+    task = tasks.translation.TranslationTask(args, dictionary, dictionary)
+    return task, args
+
+
+def make_batch(config, dictionary, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    bsz = config["batch"]
+    lo, hi = config["lengths"]
+    lengths = torch.randint(lo, hi + 1, (bsz,), generator=g)
+    width = int(lengths.max()) + 1
+    first = dictionary.nspecial
+    target = torch.full((bsz, width), dictionary.pad())
+    for b, n in enumerate(lengths.tolist()):
+        target[b, :n] = torch.randint(first, first + config["vocab"], (n,), generator=g)
+        target[b, n] = dictionary.eos()
+    prev = torch.full_like(target, dictionary.pad())
+    prev[:, 0] = dictionary.eos()
+    prev[:, 1:] = target[:, :-1]
+    prev = prev.masked_fill(target.eq(dictionary.pad()), dictionary.pad())
+    if config["dense"]:
+        src = torch.zeros(bsz, int(lengths.max()), config["dense"])
+        for b, n in enumerate(lengths.tolist()):
+            src[b, :n] = (torch.rand(n, config["dense"], generator=g) < 0.3).float()
+        src_lengths = lengths.clone()
+    else:
+        # source = a noisy copy of the target, so the model can fit it quickly
+        src = target.clone()
+        noise = torch.randint(first, first + config["vocab"], src.shape, generator=g)
+        flip = (torch.rand(src.shape, generator=g) < 0.2) & src.ne(dictionary.pad()) & src.ne(dictionary.eos())
+        src = torch.where(flip, noise, src)
+        src_lengths = lengths + 1
+    sample = {
+        "id": torch.arange(bsz),
+        "nsentences": bsz,
+        "ntokens": int(lengths.sum() + bsz),
+        "net_input": {"src_tokens": src, "src_lengths": src_lengths, "prev_output_tokens": prev},
+        "target": target,
+    }
+    return move(sample, device)
+
+
+def move(sample, device):
+    if torch.is_tensor(sample):
+        return sample.to(device)
+    if isinstance(sample, dict):
+        return {k: move(v, device) for k, v in sample.items()}
+    return sample
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def update(model, criterion, optimizer, sample):
+    optimizer.zero_grad()
+    loss, sample_size, log = criterion(model, sample)
+    (loss / sample_size).backward()
+    optimizer.step()
+    return log
+
+
+def fit_to_batch(model, mle, sample, steps):
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        update(model, mle, optimizer, sample)
+
+
+def setup(name, quick, device, seed=0, extra=()):
+    config = dict(CONFIGS[name])
+    if quick:
+        config.update(QUICK[name])
+    task, args = build(config, [*config["searnn"], *extra], device)
+    torch.manual_seed(seed)
+    model = task.build_model(args).to(device)
+    searnn = task.build_criterion(args)
+    mle_args = options.parse_args_and_arch(
+        options.get_training_parser(), ["unused", "--task", "translation", *config["arch"], "--criterion", "cross_entropy"]
+    )
+    mle = task.build_criterion(mle_args)
+    sample = make_batch(config, task.target_dictionary, device)
+    model.train()
+    fit_to_batch(model, mle, sample, steps=2 if quick else 40)
+    return config, model, mle, searnn, sample
+
+
+def time_updates(model, criterion, sample, device, repeats, warmup):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    times, logs = [], []
+    for i in range(warmup + repeats):
+        sync(device)
+        start = time.perf_counter()
+        log = update(model, criterion, optimizer, sample)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+            logs.append(log)
+    return statistics.median(times), logs
+
+
+def time_naive(model, searnn, sample, device, repeats):
+    """The same roll-outs, one (cell, token) pair at a time; checks the costs agree."""
+    times = []
+    for i in range(repeats):
+        torch.manual_seed(100 + i)
+        batched = searnn.search(model, sample)
+        sync(device)
+        start = time.perf_counter()
+        costs = naive_search(model, sample, batched, searnn)
+        sync(device)
+        times.append(time.perf_counter() - start)
+        if not torch.allclose(costs, batched.costs, atol=1e-5):
+            raise AssertionError("naive and batched roll-outs disagree")
+    # the batched search alone, for the same roll-outs
+    batched_times = []
+    for i in range(repeats):
+        torch.manual_seed(100 + i)
+        sync(device)
+        start = time.perf_counter()
+        searnn.search(model, sample)
+        sync(device)
+        batched_times.append(time.perf_counter() - start)
+    return statistics.median(times), statistics.median(batched_times)
+
+
+def peak_memory(name, quick, device, extra):
+    """Peak memory rise (MB) of a few MLE updates, then of a few SEARNN updates,
+    measured in one fresh process."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", name, "--device", device,
+           f"--searnn-flags={' '.join(extra)}"]
+    if quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    mle, searnn = out.stdout.strip().splitlines()[-1].split()
+    return float(mle), float(searnn)
+
+
+def memory_probe(name, quick, device, extra):
+    config, model, mle, searnn, sample = setup(name, quick, device, extra=extra)
+    peaks = []
+    for criterion in (mle, searnn):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+        update(model, criterion, optimizer, sample)  # one-time allocations are not the step's
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            release_free_memory()
+            base = current_rss_mb()
+            reset_peak_rss()
+        for _ in range(3):
+            update(model, criterion, optimizer, sample)
+        if device == "cuda":
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+        else:
+            peaks.append(peak_rss_mb() - base)
+        del optimizer
+    print(f"{peaks[0]:.2f} {peaks[1]:.2f}")
+
+
+def release_free_memory():
+    """Hand memory freed by the warm-up back to the OS, so the baseline is what is live."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def reset_peak_rss():
+    # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) of this process
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(names, quick, device, repeats, warmup, with_memory, extra):
+    rows = []
+    for name in names:
+        config, model, mle, searnn, sample = setup(name, quick, device, extra=extra)
+        mle_time, _ = time_updates(model, mle, sample, device, repeats, warmup)
+        searnn_time, logs = time_updates(model, searnn, sample, device, repeats, warmup)
+        rollouts = statistics.mean(log["rollouts"] for log in logs)
+        learned = statistics.mean(log["learned_rollouts"] for log in logs)
+        row = {
+            "config": name,
+            "mle_ms": 1000 * mle_time,
+            "searnn_ms": 1000 * searnn_time,
+            "ratio": searnn_time / mle_time,
+            "rollouts_per_update": rollouts,
+            "learned_rollouts_per_update": learned,
+            "rollouts_per_s": rollouts / searnn_time,
+        }
+        if config.get("naive"):
+            naive_time, batched_time = time_naive(model, searnn, sample, device, max(1, repeats // 2))
+            row["naive_search_ms"] = 1000 * naive_time
+            row["batched_search_ms"] = 1000 * batched_time
+            row["engine_speedup"] = naive_time / batched_time
+        if with_memory:
+            row["mle_peak_mb"], row["searnn_peak_mb"] = peak_memory(name, quick, device, extra)
+            row["memory_ratio"] = row["searnn_peak_mb"] / max(row["mle_peak_mb"], 1e-6)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def format_row(row):
+    text = (
+        f"{row['config']:<18} MLE {row['mle_ms']:8.1f} ms | SEARNN {row['searnn_ms']:8.1f} ms | "
+        f"ratio {row['ratio']:5.2f}x | {row['rollouts_per_update']:7.0f} roll-outs "
+        f"({row['learned_rollouts_per_update']:.0f} learned), {row['rollouts_per_s']:8.0f}/s"
+    )
+    if "engine_speedup" in row:
+        text += f" | naive {row['naive_search_ms']:.1f} ms vs batched {row['batched_search_ms']:.1f} ms: {row['engine_speedup']:.1f}x"
+    if "memory_ratio" in row:
+        text += f" | peak MB MLE {row['mle_peak_mb']:.1f} SEARNN {row['searnn_peak_mb']:.1f} ({row['memory_ratio']:.2f}x)"
+    return text
+
+
+def machine(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=sorted(CONFIGS), choices=sorted(CONFIGS))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    parser.add_argument("--repeats", type=int, default=0, help="timed updates (default 7, quick 3)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--searnn-flags", default="", help="extra criterion flags for every configuration, e.g. '--rollout-chunk-size 16'")
+    parser.add_argument("--memory-probe", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    extra = args.searnn_flags.split()
+    if args.memory_probe:
+        memory_probe(args.memory_probe, args.quick, args.device, extra)
+        return
+    repeats = args.repeats or (2 if args.quick else 7)
+    print(f"device: {machine(args.device)}; torch {torch.__version__}", flush=True)
+    rows = run(args.configs, args.quick, args.device, repeats, 1 if args.quick else 2, not args.no_memory, extra)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": machine(args.device), "quick": args.quick, "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

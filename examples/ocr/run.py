@@ -1,0 +1,102 @@
+"""OCR (Taskar et al. 2003): SEARNN vs MLE, the paper's Tables 1 and 2.
+
+    python examples/ocr/run.py                      # Table 1 minimum: MLE, LL, LLCAS (learned/mixed), 3 seeds
+    python examples/ocr/run.py --grid table1        # + the other roll-in/roll-out pairs, first seed
+    python examples/ocr/run.py --grid table2        # + token sampling (5 tokens per cell), first seed
+    python examples/ocr/run.py --report             # print the tables and draw the plots
+
+Data: ``--data-root``/ocr/letter.data.gz (or $SEARNN_DATA), preprocessed once into
+``--work-dir``/data (test = fold 0, train = the other nine folds, 10% of train
+words for validation). Model: searnn_gru_ocr (GRU 128, bidirectional encoder,
+no attention). Optimisation, the same for every run: Adam lr 2e-3, batch 64,
+at most 30 epochs, early stop after 6 epochs without a better validation
+Hamming error, checkpoint of lowest validation error evaluated on test with
+``fairseq-generate --beam 1 --scoring hamming``. Runs are resumable; results
+go to ``--work-dir``/results.jsonl as they finish.
+"""
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from examples import runner  # noqa: E402
+
+TABLE1_MAIN = [("MLE", ["--criterion", "searnn_mle"])] + [
+    (f"{loss.upper()} learned/mixed", ["--criterion", f"searnn_{loss}", "--rollin", "learned", "--rollout", "mixed"])
+    for loss in ("ll", "llcas")
+]
+TABLE1_REST = [
+    (f"{loss.upper()} {rollin}/{rollout}", ["--criterion", f"searnn_{loss}", "--rollin", rollin, "--rollout", rollout])
+    for loss in ("ll", "llcas")
+    for rollin, rollout in (("reference", "learned"), ("learned", "learned"))
+]
+SAMPLINGS = ("uniform", "unigram", "policy", "biased", "topk")
+TABLE2 = [
+    (f"{name} {sampling}", ["--criterion", criterion, "--rollin", "learned", "--rollout", "mixed",
+                            "--token-sampling", sampling, "--sampled-tokens", "5"])
+    for name, criterion in (("sLL", "searnn_ll"), ("sLLCAS", "searnn_llcas"))
+    for sampling in SAMPLINGS
+]
+
+COMMON = [
+    "--task", "dense_seq2seq", "--arch", "searnn_gru_ocr", "--cost", "hamming",
+    "--optimizer", "adam", "--lr", "0.002", "--batch-size", "64",
+    "--max-epoch", "30", "--patience", "6", "--log-interval", "50",
+]
+
+GENERATE = ["--task", "dense_seq2seq"]
+
+
+def prepare(data_root: str, work_dir: str) -> str:
+    data = os.path.join(work_dir, "data")
+    if not os.path.exists(os.path.join(data, "meta.json")):
+        source = os.path.join(data_root, "ocr", "letter.data.gz")
+        if not os.path.exists(source):
+            raise SystemExit(f"OCR data not found at {source}: set --data-root / $SEARNN_DATA, or run "
+                             "preprocessing/fetch_ocr.sh DIR and pass --letters DIR/letters.pickle")
+        subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "ocr.py"), source, data], check=True)
+    return data
+
+
+def experiment(work_dir: str, data: str) -> runner.Experiment:
+    return runner.Experiment(task="ocr", data=data, work_dir=work_dir, common=COMMON, scoring="hamming",
+                             generate_flags=GENERATE)
+
+
+def runs(grid: str, seeds):
+    chosen = [runner.Run(config, seed, flags) for config, flags in TABLE1_MAIN for seed in seeds]
+    if grid in ("table1", "all"):
+        chosen += [runner.Run(config, seeds[0], flags) for config, flags in TABLE1_REST]
+    if grid in ("table2", "all"):
+        chosen += [runner.Run(config, seeds[0], flags, group="table2") for config, flags in TABLE2]
+    return chosen
+
+
+def report(work_dir: str) -> None:
+    rows = list(runner.recorded(experiment(work_dir, "")).values())
+    order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
+    print("Table 1 (OCR, test Hamming error %)\n" + runner.format_table(runner.summary(rows, "table1"), "Hamming", order))
+    if any(r["group"] == "table2" for r in rows):
+        print("\nTable 2 (OCR, 5 tokens per cell)\n" + runner.format_table(runner.summary(rows, "table2"), "Hamming", [c for c, _ in TABLE2]))
+    if rows:
+        runner.plot_curves(rows, os.path.join(work_dir, "ocr_validation.png"), "OCR: validation Hamming error per word",
+                           configs=[c for c, _ in TABLE1_MAIN])
+        print(f"\nplot: {os.path.join(work_dir, 'ocr_validation.png')}")
+
+
+def main():
+    parser = runner.common_arguments(__doc__)
+    parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "ocr"))
+    parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
+    parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
+    args = parser.parse_args()
+    if not args.report:
+        data = prepare(args.data_root, args.work_dir)
+        runner.run_all(experiment(args.work_dir, data), runs(args.grid, args.seeds), jobs=args.jobs)
+    report(args.work_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Run, resume and record MLE-vs-SEARNN experiments through the real command lines.
+
+Each run is one ``fairseq-train`` (resumable: fairseq picks up
+``checkpoint_last.pt`` in the run's directory), then one ``fairseq-generate``
+on the test set with the checkpoint of lowest validation cost. A finished run
+appends one JSON line to the results file (config, seed, test error, updates,
+wall time, the exact commands); a run already recorded there is skipped, so a
+script can be stopped and restarted at any time. Runs go ``--jobs`` at a time,
+one torch thread each, so two runs use both cores.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+@dataclass
+class Run:
+    config: str  # a row of the results table, e.g. "llcas learned/mixed"
+    seed: int
+    flags: List[str]  # criterion and search flags
+    group: str = "table1"
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.config.lower()).strip("-") + f"-seed{self.seed}"
+
+
+@dataclass
+class Experiment:
+    task: str  # results key, e.g. "ocr"
+    data: str  # binarised data directory
+    work_dir: str
+    common: List[str]  # task, model and optimisation flags shared by every run
+    scoring: str  # fairseq-generate --scoring
+    generate_flags: List[str] = field(default_factory=list)
+    results: str = ""
+
+    def __post_init__(self):
+        self.results = self.results or os.path.join(self.work_dir, "results.jsonl")
+
+
+def environment(threads: int) -> Dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def recorded(experiment: Experiment) -> Dict[str, dict]:
+    if not os.path.exists(experiment.results):
+        return {}
+    rows = {}
+    with open(experiment.results) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows[row["run"]] = row
+    return rows
+
+
+def train_command(experiment: Experiment, run: Run, save_dir: str) -> List[str]:
+    return [
+        f"{BIN}/fairseq-train", experiment.data, "--user-dir", "searnn_fairseq", *experiment.common, *run.flags,
+        "--seed", str(run.seed), "--save-dir", save_dir, "--cpu", "--num-workers", "0",
+        "--best-checkpoint-metric", "cost", "--no-epoch-checkpoints", "--log-format", "json",
+    ]
+
+
+def generate_command(experiment: Experiment, save_dir: str) -> List[str]:
+    return [
+        f"{BIN}/fairseq-generate", experiment.data, "--user-dir", "searnn_fairseq",
+        "--path", os.path.join(save_dir, "checkpoint_best.pt"), "--gen-subset", "test", "--beam", "1",
+        "--batch-size", "256", "--scoring", experiment.scoring, "--cpu", *experiment.generate_flags,
+    ]
+
+
+def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
+    save_dir = os.path.join(experiment.work_dir, run.name)
+    os.makedirs(save_dir, exist_ok=True)
+    train_log = os.path.join(save_dir, "train.log")
+    command = train_command(experiment, run, save_dir)
+    if finished_training(train_log):
+        log(f"[{experiment.task}] {run.name}: training already finished")
+    else:
+        log(f"[{experiment.task}] {run.name}: training (log: {train_log})")
+        with open(train_log, "a") as out:
+            subprocess.run(command, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT, check=True)
+    curve = validation_curve(train_log)
+    generate = generate_command(experiment, save_dir)
+    out = subprocess.run(generate, cwd=REPO, env=environment(threads), capture_output=True, text=True)
+    with open(os.path.join(save_dir, "generate_test.log"), "w") as f:
+        f.write(out.stdout + out.stderr)
+    out.check_returncode()
+    test_error = parse_score(out.stdout + out.stderr, experiment.scoring)
+    row = {
+        "task": experiment.task,
+        "run": run.name,
+        "config": run.config,
+        "group": run.group,
+        "seed": run.seed,
+        "test_error": test_error,
+        "best_valid_cost": min((p["cost"] for p in curve), default=None),
+        "updates": curve[-1]["updates"] if curve else 0,
+        "wall_s": curve[-1]["wall"] if curve else 0,
+        "train_command": " ".join(shlex.quote(c) for c in command),
+        "generate_command": " ".join(shlex.quote(c) for c in generate),
+        "curve": curve,
+    }
+    with open(experiment.results, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    log(f"[{experiment.task}] {run.name}: test {experiment.scoring} error {test_error:.2f}% "
+        f"after {row['updates']} updates, {row['wall_s'] / 60:.1f} min")
+    return row
+
+
+def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, progress_every: float = 30) -> List[dict]:
+    os.makedirs(experiment.work_dir, exist_ok=True)
+    done = recorded(experiment)
+    todo = [run for run in runs if run.name not in done]
+    log(f"[{experiment.task}] {len(runs) - len(todo)} runs already recorded, {len(todo)} to go, {jobs} at a time")
+    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, experiment, run, threads, log): run for run in todo}
+        pending = set(futures)
+        while pending:
+            finished, pending = concurrent.futures.wait(pending, timeout=progress_every)
+            for future in finished:
+                try:
+                    future.result()
+                except subprocess.CalledProcessError as error:
+                    run = futures[future]
+                    log(f"[{experiment.task}] {run.name} FAILED ({error}); see {experiment.work_dir}/{run.name}/train.log")
+            for future in pending:
+                if future.running():
+                    report_progress(experiment, futures[future], log)
+    return list(recorded(experiment).values())
+
+
+def report_progress(experiment: Experiment, run: Run, log=print) -> None:
+    train_log = os.path.join(experiment.work_dir, run.name, "train.log")
+    if not os.path.exists(train_log):
+        return
+    curve = validation_curve(train_log)
+    if curve:
+        last = curve[-1]
+        best = min(p["cost"] for p in curve)
+        log(f"[{experiment.task}] {run.name}: {last['updates']} updates, {last['wall'] / 60:.1f} min, "
+            f"valid cost {last['cost']:.4f} (best {best:.4f})")
+    else:
+        log(f"[{experiment.task}] {run.name}: started, no validation yet")
+
+
+def finished_training(train_log: str) -> bool:
+    """True once fairseq-train ended on its own (max epoch, patience or time):
+    running it again would restart early stopping and train further."""
+    if not os.path.exists(train_log):
+        return False
+    with open(train_log) as f:
+        return any("done training in" in line for line in f)
+
+
+SCORE_LINE = re.compile(r"(HAMMING|EDIT|BLEU)\s*=\s*([0-9.]+)")
+
+
+def parse_score(output: str, scoring: str) -> float:
+    for line in reversed(output.splitlines()):
+        match = SCORE_LINE.search(line)
+        if match and match.group(1).lower() == scoring.lower():
+            return float(match.group(2))
+    raise RuntimeError(f"no {scoring} score in fairseq-generate's output:\n{output[-2000:]}")
+
+
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| (valid|train_inner|train) \| (\{.*\})\s*$")
+
+
+def validation_curve(train_log: str) -> List[dict]:
+    """(updates, wall seconds, valid cost) at every validation, across resumes.
+
+    fairseq's valid lines carry no wall clock; the last training line's
+    ``wall`` plus the seconds since it (from the log timestamps) stands in.
+    """
+    points, last_wall, last_stamp = [], 0.0, None
+    with open(train_log) as f:
+        for line in f:
+            match = LOG_LINE.match(line)
+            if not match:
+                continue
+            stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
+            stats = json.loads(match.group(3))
+            if match.group(2) in ("train_inner", "train"):
+                wall = stats.get("wall", stats.get("train_wall"))
+                if wall is not None:
+                    last_wall, last_stamp = float(wall), stamp
+            elif "valid_cost" in stats:
+                since = stamp - last_stamp if last_stamp is not None else 0.0
+                points.append({
+                    "updates": int(float(stats["valid_num_updates"])),
+                    "wall": last_wall + max(since, 0.0),
+                    "cost": float(stats["valid_cost"]),
+                })
+    return points
+
+
+def summary(rows: List[dict], group: Optional[str] = None) -> Dict[str, dict]:
+    """Per config: mean and std of the test error over seeds."""
+    by_config: Dict[str, List[dict]] = {}
+    for row in rows:
+        if group is None or row["group"] == group:
+            by_config.setdefault(row["config"], []).append(row)
+    table = {}
+    for config, items in by_config.items():
+        errors = [r["test_error"] for r in items]
+        table[config] = {
+            "mean": statistics.mean(errors),
+            "std": statistics.stdev(errors) if len(errors) > 1 else float("nan"),
+            "seeds": sorted(r["seed"] for r in items),
+            "updates": statistics.mean(r["updates"] for r in items),
+            "wall_min": statistics.mean(r["wall_s"] for r in items) / 60,
+        }
+    return table
+
+
+def format_table(table: Dict[str, dict], metric: str, order: Optional[List[str]] = None) -> str:
+    lines = [f"| config | test {metric} error (%) | seeds | updates | wall (min) |", "|---|---|---|---|---|"]
+    for config in order or sorted(table):
+        if config not in table:
+            continue
+        row = table[config]
+        spread = "" if math.isnan(row["std"]) else f" ± {row['std']:.2f}"
+        lines.append(
+            f"| {config} | {row['mean']:.2f}{spread} | {','.join(map(str, row['seeds']))} | "
+            f"{row['updates']:.0f} | {row['wall_min']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(rows: List[dict], path: str, title: str, configs: Optional[List[str]] = None) -> None:
+    """Validation cost against updates and against wall time, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    colors: Dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: (r["config"], r["seed"])):
+        if configs and row["config"] not in configs or not row["curve"]:
+            continue
+        color = colors.setdefault(row["config"], f"C{len(colors)}")
+        label = row["config"] if row["seed"] == min(r["seed"] for r in rows if r["config"] == row["config"]) else None
+        updates = [p["updates"] for p in row["curve"]]
+        walls = [p["wall"] / 60 for p in row["curve"]]
+        costs = [p["cost"] for p in row["curve"]]
+        axes[0].plot(updates, costs, color=color, label=label, alpha=0.8)
+        axes[1].plot(walls, costs, color=color, label=label, alpha=0.8)
+    for ax, xlabel in zip(axes, ("updates", "wall time (min)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation cost (greedy)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def common_arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    default_data = os.environ.get("SEARNN_DATA", os.path.join(REPO, "..", "shared", "data"))
+    parser.add_argument("--data-root", default=default_data, help="raw datasets (default: $SEARNN_DATA or ../shared/data)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each when 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    return parser
