@@ -186,9 +186,10 @@ def test_a_decoder_without_incremental_decoding_is_refused():
             raise AssertionError("never called")
 
     model.decoder = PlainDecoder(task.target_dictionary)
-    model.train()
-    with pytest.raises(ValueError, match="incremental"):
-        crit(model, tiny.batch(task.target_dictionary, PAIRS))
+    for training in (True, False):  # fairseq validates once before the first update
+        model.train(training)
+        with pytest.raises(ValueError, match="incremental"):
+            crit(model, tiny.batch(task.target_dictionary, PAIRS))
 
 
 def test_searnn_mle_trains_exactly_like_cross_entropy():

@@ -215,12 +215,12 @@ class SearnnCriterion(FairseqCriterion):
         return chunk
 
     def forward(self, model, sample, reduce=True):
+        check_incremental(model)
         if not model.training:
             return self.evaluate(model, sample)
         return self.train_forward(model, sample)
 
     def train_forward(self, model, sample):
-        check_incremental(model)
         target = sample["target"]
         result = self.search(model, sample)
 
