@@ -192,8 +192,10 @@ def validation_curve(train_log: str) -> List[dict]:
 
     fairseq's valid lines carry no wall clock; the last training line's
     ``wall`` plus the seconds since it (from the log timestamps) stands in.
+    fairseq restarts ``wall`` at 0 when a run resumes: earlier sessions' time
+    is carried over.
     """
-    points, last_wall, last_stamp = [], 0.0, None
+    points, last_wall, last_stamp, offset = [], 0.0, None, 0.0
     with open(train_log) as f:
         for line in f:
             match = LOG_LINE.match(line)
@@ -204,7 +206,9 @@ def validation_curve(train_log: str) -> List[dict]:
             if match.group(2) in ("train_inner", "train"):
                 wall = stats.get("wall", stats.get("train_wall"))
                 if wall is not None:
-                    last_wall, last_stamp = float(wall), stamp
+                    if float(wall) + offset < last_wall:  # a resumed session
+                        offset = last_wall
+                    last_wall, last_stamp = float(wall) + offset, stamp
             elif "valid_cost" in stats:
                 since = stamp - last_stamp if last_stamp is not None else 0.0
                 points.append({

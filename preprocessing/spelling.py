@@ -77,13 +77,14 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from preprocessing.publish import publish_directory  # noqa: E402
 
 TEXT_SYMBOLS = list("abcdefghijklmnopqrstuvwxyz") + list("0123456789") + [",", ".", "!", "?", " ", "#"]
 UNKNOWN_CHAR = "#"
@@ -234,35 +235,6 @@ def _split_seed(seed: int, split: str) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def publish_directory(build, dest: str, force: bool = False) -> None:
-    """Run ``build(tmpdir)`` in a fresh directory beside ``dest``, then rename it to ``dest``.
-
-    ``dest`` is never half-written: either the old one (or nothing) or the complete new one.
-    An existing non-empty ``dest`` is replaced only with ``force``.
-    """
-    dest = os.path.abspath(dest)
-    if os.path.exists(dest) and not os.path.isdir(dest):
-        raise FileExistsError(f"{dest}: exists and is not a directory")
-    if os.path.isdir(dest) and os.listdir(dest) and not force:
-        raise FileExistsError(f"{dest}: exists and is not empty (pass --force to replace it)")
-    parent = os.path.dirname(dest)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
-    try:
-        build(tmp)
-        os.chmod(tmp, 0o755)
-        if os.path.isdir(dest):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.old-", dir=parent)
-            os.rename(dest, os.path.join(old, "d"))
-            os.rename(tmp, dest)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_lines(path: str, lines: Sequence[str]) -> None:

@@ -22,7 +22,6 @@ Everything here runs under ``torch.no_grad()`` with the model in eval mode
 trajectory is the criterion's job, through ``model(...)``.
 """
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple

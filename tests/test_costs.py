@@ -6,6 +6,8 @@ import random
 import pytest
 import sacrebleu
 import torch
+
+import textbook
 from fairseq.data import Dictionary
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,16 +58,6 @@ def cost_of(cost, hyp_seqs, ref_seqs, fill=PAD):
     out = cost(hyps, hyp_lens, refs, ref_lens)
     assert out.dtype == torch.float32 and out.shape == (len(hyp_seqs),)
     return out
-
-
-def textbook_levenshtein(a, b):
-    prev = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        cur = [i] + [0] * len(b)
-        for j in range(1, len(b) + 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1]))
-        prev = cur
-    return prev[len(b)]
 
 
 def random_pairs(rng, count, max_len, vocab, min_len=0):
@@ -163,9 +155,9 @@ def test_edit_matches_textbook_dp():
     hyps, hyp_lens = batch([h for h, _ in pairs], fill=0)
     refs, ref_lens = batch([r for _, r in pairs], fill=9)
     got = levenshtein(hyps, hyp_lens, refs, ref_lens).tolist()
-    assert got == [textbook_levenshtein(h, r) for h, r in pairs]
+    assert got == [textbook.levenshtein(h, r) for h, r in pairs]
     cost = COST_REGISTRY["edit"](Dictionary())(hyps, hyp_lens, refs, ref_lens)
-    expected = [textbook_levenshtein(h, r) / max(len(r), 1) for h, r in pairs]
+    expected = [textbook.levenshtein(h, r) / max(len(r), 1) for h, r in pairs]
     assert torch.allclose(cost, torch.tensor(expected))
 
 

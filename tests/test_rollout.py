@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import textbook
 import tiny
 from searnn_fairseq.rollout import reference_lengths, rollout_caps
 
@@ -25,11 +26,6 @@ SEARCH_SETTINGS = {
 }
 
 PAIRS = [("abc", "abcd"), ("h", ""), ("gfedc", "abcde"), ("bb", "c"), ("aceg", "hhh")]
-
-
-def hamming(hyp, ref):
-    errors = sum(1 for x, y in zip(hyp, ref) if x != y)
-    return float(errors + abs(len(hyp) - len(ref)))
 
 
 def decode_one(model, net_input, prefix, cap, action_mask, eos):
@@ -114,7 +110,7 @@ def test_batched_rollout_costs_equal_one_at_a_time_decoding(arch, setting):
                     checked_learned += 1
                 else:
                     hyp = prefix + [a] + ref[t + 1 :]
-                assert result.costs[m, k].item() == hamming(hyp, ref), (b, t, a, hyp, ref)
+                assert result.costs[m, k].item() == float(textbook.hamming(hyp, ref)), (b, t, a, hyp, ref)
     if "learned" in setting or "mixed" in setting:
         assert checked_learned > 0
 
@@ -177,35 +173,9 @@ def test_a_roll_in_that_emits_eos_early_keeps_costs_exact_and_loss_finite():
                 continue
             hyp = [d.eos()] * t + ([] if a == d.eos() else [a])
             ref = sample["target"][b, : ref_lens[b]].tolist()
-            expected = levenshtein_reference(hyp, ref) / max(len(ref), 1)
+            expected = textbook.levenshtein(hyp, ref) / max(len(ref), 1)
             assert abs(result.costs[m, k].item() - expected) < 1e-6
     loss = criterion(model, sample)[0]
     loss.backward()
     assert torch.isfinite(loss)
 
-
-def levenshtein_reference(a, b):
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
-@pytest.mark.parametrize("coin", ["cell", "rollout"])
-def test_mixed_rollout_coin_is_shared_by_a_cell_or_drawn_per_rollout(coin):
-    flags = ["--criterion", "searnn_ll", "--rollin", "learned", "--rollout", "mixed", "--rollout-coin", coin]
-    task, model, criterion = tiny.build("lstm", flags)
-    d = task.target_dictionary
-    torch.manual_seed(0)
-    result = criterion.search(model, tiny.batch(d, PAIRS * 4))
-    runs_network = result.valid & result.actions.ne(d.eos())
-    learned_share = [result.learned[m][runs_network[m]].float().mean().item() for m in range(result.cells.size(0))]
-    mixed_cells = sum(0 < share < 1 for share in learned_share)
-    if coin == "cell":
-        assert mixed_cells == 0
-    else:
-        assert mixed_cells > 0
-    overall = result.learned[runs_network].float().mean().item()
-    assert 0.3 < overall < 0.7  # --rollout-ref-prob 0.5

@@ -6,6 +6,7 @@ import pytest
 from fairseq import scoring
 
 import searnn_fairseq.scoring as searnn_scoring
+import textbook
 from searnn_fairseq.scoring import EditScorer, HammingScorer
 
 
@@ -56,19 +57,6 @@ def test_tokens_are_whitespace_separated_symbols():
     assert score(EditScorer, [("B-NP I-NP O", "B-NP O")]).errors == 1
 
 
-def python_edit(a, b):
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1]
-
-
-def python_hamming(a, b):
-    return sum(x != y for x, y in zip(a, b)) + abs(len(a) - len(b))
-
-
 def test_many_pairs_match_a_plain_python_reference():
     # More pairs than one scoring chunk, so buffering across chunks is exercised.
     rng = random.Random(0)
@@ -80,8 +68,8 @@ def test_many_pairs_match_a_plain_python_reference():
     h, e = score(HammingScorer, pairs), score(EditScorer, pairs)
     total = sum(len(r.split()) for r, _ in pairs)
     assert h.errors == 0 or h.score() > 0  # flushes the last chunk
-    assert h.errors == sum(python_hamming(r.split(), p.split()) for r, p in pairs)
-    assert e.errors == sum(python_edit(r.split(), p.split()) for r, p in pairs)
+    assert h.errors == sum(textbook.hamming(r.split(), p.split()) for r, p in pairs)
+    assert e.errors == sum(textbook.levenshtein(r.split(), p.split()) for r, p in pairs)
     assert h.ref_length == e.ref_length == total
 
 
