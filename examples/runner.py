@@ -1,11 +1,12 @@
 """Run, resume and record MLE-vs-SEARNN experiments through the real command lines.
 
 Each run is one ``fairseq-train`` (resumable: fairseq picks up
-``checkpoint_last.pt`` in the run's directory), then one ``fairseq-generate``
-on the test set with the checkpoint of lowest validation cost. A finished run
-appends one JSON line to the results file (config, seed, test error, updates,
-wall time, the exact commands); a run already recorded there is skipped, so a
-script can be stopped and restarted at any time. Runs go ``--jobs`` at a time,
+``checkpoint_last.pt`` in the run's directory under ``runs/``), then one
+``fairseq-generate`` on the test set with the checkpoint of lowest validation
+cost. A finished run appends one JSON line to the results file
+(``examples/results/TASK.jsonl`` by default: config, seed, test error, updates,
+wall time, the exact commands, the validation curve); a run already recorded
+there is skipped, so a script can be stopped and restarted at any time. Runs go ``--jobs`` at a time,
 one torch thread each, so two runs use both cores.
 """
 
@@ -47,10 +48,11 @@ class Experiment:
     common: List[str]  # task, model and optimisation flags shared by every run
     scoring: str  # fairseq-generate --scoring
     generate_flags: List[str] = field(default_factory=list)
+    # committed with the code (examples/results/TASK.jsonl), so a later session resumes the grid
     results: str = ""
 
     def __post_init__(self):
-        self.results = self.results or os.path.join(self.work_dir, "results.jsonl")
+        self.results = self.results or os.path.join(REPO, "examples", "results", f"{self.task}.jsonl")
 
 
 def environment(threads: int) -> Dict[str, str]:
@@ -120,6 +122,7 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
         "generate_command": " ".join(shlex.quote(c) for c in generate),
         "curve": curve,
     }
+    os.makedirs(os.path.dirname(experiment.results), exist_ok=True)
     with open(experiment.results, "a") as f:
         f.write(json.dumps(row) + "\n")
     log(f"[{experiment.task}] {run.name}: test {experiment.scoring} error {test_error:.2f}% "

@@ -29,9 +29,8 @@ from examples.ocr.run import COMMON, GENERATE  # noqa: E402
 HOURS_PER_RUN = 0.19
 RUNS = [
     runner.Run("MLE", 1, ["--criterion", "searnn_mle"], group="main"),
-    runner.Run("SEARNN sLLCAS learned/mixed, 5 uniform tokens", 1,
-               ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "mixed",
-                "--token-sampling", "uniform", "--sampled-tokens", "5"], group="main"),
+    runner.Run("SEARNN LL learned/mixed", 1,
+               ["--criterion", "searnn_ll", "--rollin", "learned", "--rollout", "mixed"], group="main"),
 ]
 
 
@@ -59,7 +58,8 @@ def main():
         subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "ocr.py"), source, data, "--force"],
                        check=True)
     experiment = runner.Experiment(
-        task="ocr", data=data, work_dir=args.work_dir, scoring="hamming",
+        task="ocr-main-job", data=data, work_dir=args.work_dir, scoring="hamming",
+        results=os.path.join(args.work_dir, "results.jsonl"),
         common=[*COMMON, "--stop-time-hours", str(HOURS_PER_RUN)], generate_flags=GENERATE,
     )
     rows = runner.run_all(experiment, RUNS, jobs=args.jobs)

@@ -12,7 +12,7 @@ no attention). Optimisation, the same for every run: Adam lr 2e-3, batch 64,
 at most 30 epochs, early stop after 6 epochs without a better validation
 Hamming error, checkpoint of lowest validation error evaluated on test with
 ``fairseq-generate --beam 1 --scoring hamming``. Runs are resumable; results
-go to ``--work-dir``/results.jsonl as they finish.
+go to examples/results/ocr.jsonl as they finish.
 """
 
 import os
@@ -81,9 +81,9 @@ def report(work_dir: str) -> None:
     if any(r["group"] == "table2" for r in rows):
         print("\nTable 2 (OCR, 5 tokens per cell)\n" + runner.format_table(runner.summary(rows, "table2"), "Hamming", [c for c, _ in TABLE2]))
     if rows:
-        runner.plot_curves(rows, os.path.join(work_dir, "ocr_validation.png"), "OCR: validation Hamming error per word",
-                           configs=[c for c, _ in TABLE1_MAIN])
-        print(f"\nplot: {os.path.join(work_dir, 'ocr_validation.png')}")
+        plot = os.path.join(runner.REPO, "examples", "results", "ocr_validation.png")
+        runner.plot_curves(rows, plot, "OCR: validation Hamming error per word", configs=[c for c, _ in TABLE1_MAIN])
+        print(f"\nplot: {plot}")
 
 
 def main():

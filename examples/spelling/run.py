@@ -13,7 +13,7 @@ searnn_gru_spelling (GRU 100 + attention). Optimisation, the same for every
 run (the paper's): Adam lr 1e-3, batch 128; at most ``--max-epoch`` epochs,
 early stop after 3 epochs without a better validation edit error; test with
 ``fairseq-generate --beam 1 --scoring edit``. Resumable; results go to
-``--work-dir``/results.jsonl.
+examples/results/spelling-NOISE.jsonl.
 """
 
 import os
@@ -72,7 +72,8 @@ def main():
     if any(r["group"] == "table2" for r in rows):
         print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
     if rows:
-        runner.plot_curves(rows, os.path.join(work_dir, f"{task}_validation.png"), f"{task}: validation edit error")
+        runner.plot_curves(rows, os.path.join(runner.REPO, "examples", "results", f"{task}_validation.png"),
+                           f"{task}: validation edit error")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""The experiment runner's parsing of fairseq's logs and scores."""
+
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from examples import runner  # noqa: E402
+
+LOG = """\
+2026-11-25 10:00:00 | INFO | train_inner | {"epoch": 1, "loss": "4.1", "num_updates": "50", "wall": "10"}
+2026-11-25 10:00:05 | INFO | valid | {"epoch": 1, "valid_loss": "4", "valid_cost": "7.5", "valid_num_updates": "89"}
+2026-11-25 10:00:06 | INFO | train | {"epoch": 1, "train_loss": "4", "train_num_updates": "89", "train_wall": "15"}
+2026-11-25 11:00:00 | INFO | fairseq_cli.train | resumed
+2026-11-25 11:00:10 | INFO | train_inner | {"epoch": 2, "loss": "3", "num_updates": "139", "wall": "4"}
+2026-11-25 11:00:12 | INFO | valid | {"epoch": 2, "valid_loss": "3", "valid_cost": "2.25", "valid_num_updates": "178"}
+2026-11-25 11:00:13 | INFO | fairseq_cli.train | done training in 20.0 seconds
+"""
+
+
+def test_validation_curve_reads_updates_cost_and_wall_across_a_resume(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(LOG)
+    curve = runner.validation_curve(str(log))
+    assert [p["updates"] for p in curve] == [89, 178]
+    assert [p["cost"] for p in curve] == [7.5, 2.25]
+    # 10 s + 5 s since the last training line; then 15 s carried over + 4 s + 2 s
+    assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 21.0)
+    assert runner.finished_training(str(log))
+
+
+def test_scores_are_read_from_fairseq_generate_output():
+    out = "...\n2026 | INFO | fairseq_cli.generate | Generate test with beam=1: HAMMING = 2.84 (131 errors / 4617)\n"
+    assert runner.parse_score(out, "hamming") == 2.84
+
+
+def test_summary_gives_mean_and_std_over_seeds():
+    rows = [
+        {"config": "MLE", "group": "table1", "seed": s, "test_error": e, "updates": 100, "wall_s": 60}
+        for s, e in ((1, 2.0), (2, 3.0), (3, 4.0))
+    ]
+    table = runner.summary(rows, "table1")
+    assert table["MLE"]["mean"] == 3.0 and math.isclose(table["MLE"]["std"], 1.0)
+    assert "| MLE | 3.00 ± 1.00 | 1,2,3 |" in runner.format_table(table, "Hamming")
