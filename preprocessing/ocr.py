@@ -51,7 +51,6 @@ Usage::
 
 import argparse
 import gzip
-import json
 import os
 import pickle
 import sys
@@ -62,7 +61,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from preprocessing.publish import publish_directory  # noqa: E402
+from preprocessing.publish import publish_directory, write_meta  # noqa: E402
 
 NUM_PIXELS = 16 * 8
 NUM_FIELDS = 6 + NUM_PIXELS  # id letter next_id word_id position fold + pixels
@@ -352,9 +351,7 @@ def prepare(
         for split in SPLITS:
             write_split(tmp, split, splits[split], dictionary)
         dictionary.save(os.path.join(tmp, "dict.tgt.txt"))
-        with open(os.path.join(tmp, "meta.json"), "w") as out:
-            json.dump(meta, out, indent=2)
-            out.write("\n")
+        write_meta(tmp, meta)
 
     publish_directory(build, dest, force=force)
     return meta

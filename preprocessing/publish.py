@@ -1,5 +1,6 @@
 """Write a preprocessing output directory so that it is never half-written."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,3 +34,11 @@ def publish_directory(build: Callable[[str], None], dest: str, force: bool = Fal
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_meta(directory: str, meta: dict) -> None:
+    """The dataset's ``meta.json`` (counts, seeds, sources), which the examples look for to skip
+    preprocessing."""
+    with open(os.path.join(directory, "meta.json"), "w") as out:
+        json.dump(meta, out, indent=2)
+        out.write("\n")

@@ -74,7 +74,6 @@ Usage::
 """
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -84,7 +83,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from preprocessing.publish import publish_directory  # noqa: E402
+from preprocessing.publish import publish_directory, write_meta  # noqa: E402
 
 TEXT_SYMBOLS = list("abcdefghijklmnopqrstuvwxyz") + list("0123456789") + [",", ".", "!", "?", " ", "#"]
 UNKNOWN_CHAR = "#"
@@ -340,9 +339,7 @@ def prepare(
             [f"{SPACE_TOKEN if c == ' ' else c} {counts[c]}" for c in TEXT_SYMBOLS],
         )
         _binarise(tmp)
-        with open(os.path.join(tmp, "meta.json"), "w") as out:
-            json.dump(meta, out, indent=2)
-            out.write("\n")
+        write_meta(tmp, meta)
 
     publish_directory(build, dest, force=force)
     return meta
