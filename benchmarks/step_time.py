@@ -283,6 +283,7 @@ def run(names, quick, device, repeats, warmup, with_memory, extra):
         searnn_time, logs = time_updates(model, searnn, sample, device, repeats, warmup)
         rollouts = statistics.mean(log["rollouts"] for log in logs)
         learned = statistics.mean(log["learned_rollouts"] for log in logs)
+        decoded = statistics.mean(log["decoded_tokens"] for log in logs)
         row = {
             "config": name,
             "mle_ms": 1000 * mle_time,
@@ -291,6 +292,8 @@ def run(names, quick, device, repeats, warmup, with_memory, extra):
             "rollouts_per_update": rollouts,
             "learned_rollouts_per_update": learned,
             "rollouts_per_s": rollouts / searnn_time,
+            "decoded_tokens_per_update": decoded,
+            "decoded_tokens_per_s": decoded / searnn_time,
         }
         if config.get("naive"):
             naive_time, batched_time = time_naive(model, searnn, sample, device, max(1, repeats // 2))
@@ -309,7 +312,8 @@ def format_row(row):
     text = (
         f"{row['config']:<18} MLE {row['mle_ms']:8.1f} ms | SEARNN {row['searnn_ms']:8.1f} ms | "
         f"ratio {row['ratio']:5.2f}x | {row['rollouts_per_update']:7.0f} roll-outs "
-        f"({row['learned_rollouts_per_update']:.0f} learned), {row['rollouts_per_s']:8.0f}/s"
+        f"({row['learned_rollouts_per_update']:.0f} learned), {row['rollouts_per_s']:8.0f}/s, "
+        f"{row['decoded_tokens_per_s']:8.0f} decoded tokens/s"
     )
     if "engine_speedup" in row:
         text += f" | naive {row['naive_search_ms']:.1f} ms vs batched {row['batched_search_ms']:.1f} ms: {row['engine_speedup']:.1f}x"

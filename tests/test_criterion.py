@@ -102,6 +102,8 @@ def test_reduce_metrics_logs_the_training_statistics():
     assert values["rollouts"] == 2 * sample["ntokens"] * 2
     for key in ("loss", "nll_loss", "rollout_cost", "min_cost", "learned_rollouts"):
         assert key in values
+    # every roll-in row is decoded at every step, learned roll-outs come on top
+    assert values["decoded_tokens"] > 2 * sample["target"].numel()
     assert type(crit).logging_outputs_can_be_summed()
 
 

@@ -252,6 +252,7 @@ class SearnnCriterion(FairseqCriterion):
             "cells": num_cells,
             "rollouts": result.num_rollouts,
             "learned_rollouts": result.num_learned_rollouts,
+            "decoded_tokens": result.decoded_tokens,
             "rollout_cost_sum": valid_costs.sum().item(),
             "min_cost_sum": result.costs.masked_fill(~result.valid, math.inf).min(dim=1).values.sum().item()
             if num_cells
@@ -328,6 +329,7 @@ class SearnnCriterion(FairseqCriterion):
             metrics.log_scalar("target_not_gold", total("target_not_gold") / cells, cells, round=4)
             metrics.log_scalar("rollouts", rollouts, priority=900, round=0)
             metrics.log_scalar("learned_rollouts", total("learned_rollouts"), round=0)
+            metrics.log_scalar("decoded_tokens", total("decoded_tokens"), round=0)
         if any("greedy_cost_sum" in log for log in logging_outputs):
             metrics.log_scalar("cost", total("greedy_cost_sum") / max(nsentences, 1), nsentences, round=4)
 
