@@ -38,6 +38,21 @@ def test_ll_with_reference_policies_equals_mle(arch):
         assert torch.allclose(grads_s[name], grads_m[name], atol=1e-6), name
 
 
+def test_sampled_ll_with_full_softmax_is_mle_under_reference_policies():
+    """With reference roll-in and roll-out a* is the ground truth, so --full-softmax LL over
+    sampled tokens is MLE again, while sLL only normalises over the K sampled tokens."""
+    sampled = [*REF_REF_LL, "--token-sampling", "topk", "--sampled-tokens", "2"]
+    task, model, full = tiny.build("lstm", sampled + ["--full-softmax"], extra=["--dropout", "0"])
+    _, _, sll = tiny.build("lstm", sampled, extra=["--dropout", "0"])
+    mle = task.build_criterion(tiny.parse("lstm", ["--criterion", "cross_entropy"], ["--dropout", "0"]))
+    sample = tiny.batch(task.target_dictionary, PAIRS)
+    model.train()
+    loss_full, loss_mle = full(model, sample)[0], mle(model, sample)[0]
+    assert torch.allclose(loss_full, loss_mle, rtol=1e-6)
+    # dropping every token but two from the normaliser can only raise the gold's probability
+    assert sll(model, sample)[0] < loss_mle - 1e-3
+
+
 def test_mle_weight_adds_the_teacher_forced_nll():
     flags = ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "learned", "--cost", "hamming"]
     task, model, plain = tiny.build("lstm", flags, extra=["--dropout", "0"])
@@ -158,6 +173,7 @@ def test_gradient_carrying_forward_goes_through_the_wrapped_model(flags):
         (["--sampled-cells", "-1"], "sampled-cells"),
         (["--temperature", "0"], "temperature"),
         (["--cost", "chunk_f1"], "BIO"),
+        (["--token-sampling", "topk", "--full-softmax"], "only defined for searnn_ll"),
     ],
 )
 def test_bad_options_fail_before_training_with_a_clear_message(flags, message):

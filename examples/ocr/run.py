@@ -33,10 +33,13 @@ TABLE1_REST = [
     for rollin, rollout in (("reference", "learned"), ("learned", "learned"))
 ]
 SAMPLINGS = ("uniform", "unigram", "policy", "biased", "topk")
+# The paper's Table 2 rows: LL keeps the full softmax (a* among the sampled tokens), sLL and
+# sLLCAS normalise over the sampled tokens only.
+TABLE2_LOSSES = (("LL", ["searnn_ll", "--full-softmax"]), ("sLL", ["searnn_ll"]), ("sLLCAS", ["searnn_llcas"]))
 TABLE2 = [
-    (f"{name} {sampling}", ["--criterion", criterion, "--rollin", "learned", "--rollout", "mixed",
+    (f"{name} {sampling}", ["--criterion", *criterion, "--rollin", "learned", "--rollout", "mixed",
                             "--token-sampling", sampling, "--sampled-tokens", "5"])
-    for name, criterion in (("sLL", "searnn_ll"), ("sLLCAS", "searnn_llcas"))
+    for name, criterion in TABLE2_LOSSES
     for sampling in SAMPLINGS
 ]
 

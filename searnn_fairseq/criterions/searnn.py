@@ -72,6 +72,11 @@ class SearnnConfig(FairseqDataclass):
     sampled_tokens: int = field(
         default=5, metadata={"help": "tokens rolled out per cell, ground truth included (not used with 'all')"}
     )
+    full_softmax: bool = field(
+        default=False,
+        metadata={"help": "searnn_ll with token sampling: normalise over the whole dictionary and take a* among the "
+                          "sampled tokens (the paper's Table 2 'LL' rows) instead of the sampled softmax (sLL)"},
+    )
     sampled_cells: int = field(
         default=0, metadata={"help": "cells per sequence that get a cost vector, drawn uniformly (0 = every cell)"}
     )
@@ -112,6 +117,8 @@ def non_action_mask(dictionary) -> torch.Tensor:
 class SearnnCriterion(FairseqCriterion):
     """Shared SEARNN machinery; subclasses choose the cell loss."""
 
+    supports_full_softmax = False
+
     def __init__(self, task, cfg: SearnnConfig):
         super().__init__(task)
         self.cfg = cfg
@@ -119,6 +126,11 @@ class SearnnCriterion(FairseqCriterion):
         dictionary = task.target_dictionary
         self.eos = dictionary.eos()
         self._validate(cfg, dictionary)
+        if cfg.full_softmax and not self.supports_full_softmax:
+            raise ValueError(
+                f"searnn criterion: --full-softmax is only defined for searnn_ll (LLCAS, SHL and KL would need "
+                f"costs for the tokens that were not rolled out); {type(self).__name__} got it"
+            )
         self.cost = build_cost(cfg.cost, dictionary)
         self.cost.check_dictionary(dictionary)
         self.action_mask = non_action_mask(dictionary)
@@ -263,12 +275,13 @@ class SearnnCriterion(FairseqCriterion):
 
     def _loss_inputs(self, cell_logits, result: SearchResult):
         """Scores, costs, valid mask and ground-truth slots over the loss's token set."""
-        if self.cfg.token_sampling != "all":
+        if self.cfg.token_sampling != "all" and not self.cfg.full_softmax:
             scores = cell_logits.gather(1, result.actions)
             return scores, result.costs, result.valid, torch.zeros_like(result.actions[:, 0])
-        # Full vocabulary, as in the paper. Tokens that are never rolled out
-        # (padding, UNK, fillers) take the worst cost of their cell; LL still
-        # normalises over them exactly as MLE does.
+        # Full vocabulary, as in the paper. Tokens that are not rolled out
+        # (padding, UNK, fillers; with --full-softmax also the unsampled ones) take
+        # the worst cost of their cell, so a* is always a rolled-out token; LL still
+        # normalises over every token exactly as MLE does.
         worst = result.costs.masked_fill(~result.valid, -math.inf).max(dim=1, keepdim=True).values
         costs = worst.expand_as(cell_logits).clone()
         rows = torch.arange(costs.size(0), device=costs.device).unsqueeze(1).expand_as(result.actions)
@@ -359,7 +372,9 @@ def _merge(parts, chunk: int) -> SearchResult:
 
 @register_criterion("searnn_ll", dataclass=SearnnConfig)
 class SearnnLLCriterion(SearnnCriterion):
-    """LL (eq. 3); sLL when tokens are sampled."""
+    """LL (eq. 3); sLL when tokens are sampled, unless --full-softmax."""
+
+    supports_full_softmax = True
 
     def cell_losses(self, scores, costs, valid, target):
         return losses.log_loss(scores, costs, valid, target)
