@@ -53,6 +53,24 @@ def test_sampled_ll_with_full_softmax_is_mle_under_reference_policies():
     assert sll(model, sample)[0] < loss_mle - 1e-3
 
 
+def test_unigram_statistics_count_one_eos_per_training_target(caplog):
+    """fairseq's dict.txt has no EOS count (it loads as 1); unigram sampling must still see EOS
+    as often as it occurs among the targets, once per sentence."""
+    task, _, crit = tiny.build("lstm", ["--criterion", "searnn_ll", "--token-sampling", "unigram"])
+    dictionary = task.target_dictionary
+    assert dictionary.count[dictionary.eos()] == 1
+    task.datasets["train"] = [None] * 500  # only its length matters
+    weights = crit.unigram_log_weights()
+    assert weights[dictionary.eos()] == pytest.approx(math.log(501))
+    letter = dictionary.index("a")
+    assert weights[letter] == pytest.approx(math.log(dictionary.count[letter] + 1))
+
+    _, _, no_train = tiny.build("lstm", ["--criterion", "searnn_ll", "--token-sampling", "unigram"])
+    no_train.task.datasets.pop("train", None)
+    assert no_train.unigram_log_weights()[dictionary.eos()] == pytest.approx(math.log(2))
+    assert "no 'train' split loaded" in caplog.text
+
+
 def test_mle_weight_adds_the_teacher_forced_nll():
     flags = ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "learned", "--cost", "hamming"]
     task, model, plain = tiny.build("lstm", flags, extra=["--dropout", "0"])

@@ -141,9 +141,7 @@ class SearnnCriterion(FairseqCriterion):
                 f"--sampled-tokens {cfg.sampled_tokens} exceeds the {self.num_tokens} predictable "
                 f"tokens of the target dictionary; rolling out all {self.num_tokens}"
             )
-        counts = torch.tensor(dictionary.count, dtype=torch.float)
-        # add-one smoothing: a token unseen in training can still be drawn
-        self.unigram_log_weights = torch.log(counts + 1.0)
+        self._unigram_log_weights = None  # built at the first unigram draw, once the train split is loaded
         self.policy = SearchPolicy(
             rollin=cfg.rollin,
             rollin_ref_prob=cfg.rollin_ref_prob,
@@ -181,6 +179,26 @@ class SearnnCriterion(FairseqCriterion):
     def cell_losses(self, scores, costs, valid, target):
         raise NotImplementedError
 
+    def unigram_log_weights(self, train_subset: str = "train") -> torch.Tensor:
+        """log(count + 1) of each token among the training targets (add-one smoothing: an unseen
+        token can still be drawn). The counts are the target dictionary's, except EOS: fairseq's
+        dict.txt does not list it, so it loads with count 1 although every target ends with one,
+        and it would almost never be drawn as a competitor (sLL then never learns when not to
+        stop). EOS gets the number of training targets."""
+        if self._unigram_log_weights is None:
+            dictionary = self.task.target_dictionary
+            counts = torch.tensor(dictionary.count, dtype=torch.float)
+            train = getattr(self.task, "datasets", {}).get(train_subset)
+            if train is not None:
+                counts[self.eos] = max(float(counts[self.eos]), float(len(train)))
+            else:
+                logger.warning(
+                    f"unigram token sampling: no '{train_subset}' split loaded, so EOS keeps its dictionary "
+                    f"count ({int(counts[self.eos])}) and is rarely sampled"
+                )
+            self._unigram_log_weights = torch.log(counts + 1.0)
+        return self._unigram_log_weights
+
     def choose_actions(self, policy_logits, gold):
         if self.cfg.token_sampling == "all":
             actions = self.actions.to(gold.device)
@@ -192,7 +210,7 @@ class SearnnCriterion(FairseqCriterion):
                 gold,
                 self.action_mask.to(gold.device),
                 policy_logits=policy_logits,
-                unigram_log_weights=self.unigram_log_weights,
+                unigram_log_weights=self.unigram_log_weights() if self.cfg.token_sampling == "unigram" else None,
                 biased_temperature=self.cfg.biased_temperature,
             )
         return tokens, ~mark_duplicates(tokens)
