@@ -126,11 +126,6 @@ class SearnnCriterion(FairseqCriterion):
         dictionary = task.target_dictionary
         self.eos = dictionary.eos()
         self._validate(cfg, dictionary)
-        if cfg.full_softmax and not self.supports_full_softmax:
-            raise ValueError(
-                f"searnn criterion: --full-softmax is only defined for searnn_ll (LLCAS, SHL and KL would need "
-                f"costs for the tokens that were not rolled out); {type(self).__name__} got it"
-            )
         self.cost = build_cost(cfg.cost, dictionary)
         self.cost.check_dictionary(dictionary)
         self.action_mask = non_action_mask(dictionary)
@@ -153,8 +148,8 @@ class SearnnCriterion(FairseqCriterion):
             dropout=cfg.rollout_dropout,
         )
 
-    @staticmethod
-    def _validate(cfg: SearnnConfig, dictionary) -> None:
+    @classmethod
+    def _validate(cls, cfg: SearnnConfig, dictionary) -> None:
         def fail(message):
             raise ValueError(f"searnn criterion: {message}")
 
@@ -174,6 +169,11 @@ class SearnnCriterion(FairseqCriterion):
             fail("--mle-weight and --cost-scale must be >= 0")
         if cfg.rollout_max_len_a < 0 or cfg.rollout_max_len_b < 0 or cfg.rollout_chunk_size < 0:
             fail("--rollout-max-len-a, --rollout-max-len-b and --rollout-chunk-size must be >= 0")
+        if cfg.full_softmax and not cls.supports_full_softmax:
+            fail(
+                "--full-softmax is only defined for searnn_ll (LLCAS, SHL and KL would need costs for the "
+                f"tokens that were not rolled out); {cls.__name__} got it"
+            )
 
     # the loss of each cell: (N, K) scores, costs, valid and (N,) target slots -> (N,)
     def cell_losses(self, scores, costs, valid, target):
