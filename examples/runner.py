@@ -39,6 +39,11 @@ class Run:
     def name(self) -> str:
         return re.sub(r"[^a-z0-9]+", "-", self.config.lower()).strip("-") + f"-seed{self.seed}"
 
+    def signature(self, experiment: "Experiment") -> str:
+        """The training flags that decide the result, without machine paths: a recorded row whose
+        command lacks them (e.g. trained with a lower --max-epoch) is stale and is trained further."""
+        return shlex.join([*experiment.common, *self.flags, "--seed", str(self.seed)])
+
 
 @dataclass
 class Experiment:
@@ -95,12 +100,14 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
     os.makedirs(save_dir, exist_ok=True)
     train_log = os.path.join(save_dir, "train.log")
     command = train_command(experiment, run, save_dir)
-    if finished_training(train_log):
+    if finished_training(save_dir, run.signature(experiment)):
         log(f"[{experiment.task}] {run.name}: training already finished")
     else:
         log(f"[{experiment.task}] {run.name}: training (log: {train_log})")
         with open(train_log, "a") as out:
             subprocess.run(command, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT, check=True)
+        with open(os.path.join(save_dir, FINISHED), "w") as f:
+            f.write(run.signature(experiment) + "\n")
     curve = validation_curve(train_log)
     generate = generate_command(experiment, save_dir)
     out = subprocess.run(generate, cwd=REPO, env=environment(threads), capture_output=True, text=True)
@@ -133,7 +140,7 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
 def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, progress_every: float = 30) -> List[dict]:
     os.makedirs(experiment.work_dir, exist_ok=True)
     done = recorded(experiment)
-    todo = [run for run in runs if run.name not in done]
+    todo = [run for run in runs if not is_recorded(done, experiment, run)]
     log(f"[{experiment.task}] {len(runs) - len(todo)} runs already recorded, {len(todo)} to go, {jobs} at a time")
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -167,13 +174,34 @@ def report_progress(experiment: Experiment, run: Run, log=print) -> None:
         log(f"[{experiment.task}] {run.name}: started, no validation yet")
 
 
-def finished_training(train_log: str) -> bool:
-    """True once fairseq-train ended on its own (max epoch, patience or time):
-    running it again would restart early stopping and train further."""
-    if not os.path.exists(train_log):
+def is_recorded(done: Dict[str, dict], experiment: Experiment, run: Run) -> bool:
+    return run.name in done and run.signature(experiment) in done[run.name]["train_command"]
+
+
+FINISHED = "train.finished"
+
+
+def finished_training(save_dir: str, signature: str) -> bool:
+    """True once fairseq-train ended on its own (max epoch, patience or time) with these flags:
+    running it again would restart early stopping and train further. Changed flags (a higher
+    --max-epoch) resume from checkpoint_last.pt instead."""
+    path = os.path.join(save_dir, FINISHED)
+    if not os.path.exists(path):
         return False
-    with open(train_log) as f:
-        return any("done training in" in line for line in f)
+    with open(path) as f:
+        return f.read().strip() == signature
+
+
+def select(runs: List[Run], configs: Optional[List[str]]) -> List[Run]:
+    """The runs of the named table rows (``--configs``), all runs when none is named."""
+    if not configs:
+        return runs
+    known = {run.config.lower() for run in runs}
+    unknown = [c for c in configs if c.lower() not in known]
+    if unknown:
+        raise SystemExit(f"unknown --configs {unknown}; this grid has: {sorted({run.config for run in runs})}")
+    wanted = {c.lower() for c in configs}
+    return [run for run in runs if run.config.lower() in wanted]
 
 
 SCORE_LINE = re.compile(r"(HAMMING|EDIT|BLEU)\s*=\s*([0-9.]+)")
@@ -292,4 +320,6 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=default_data, help="raw datasets (default: $SEARNN_DATA or ../shared/data)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each when 2)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--configs", nargs="+", metavar="CONFIG",
+                        help='only these table rows of the chosen grid, e.g. --configs MLE "sLL policy"')
     return parser

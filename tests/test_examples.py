@@ -4,6 +4,8 @@ import math
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from examples import runner  # noqa: E402
@@ -27,7 +29,33 @@ def test_validation_curve_reads_updates_cost_and_wall_across_a_resume(tmp_path):
     assert [p["cost"] for p in curve] == [7.5, 2.25]
     # 10 s + 5 s since the last training line; then 15 s carried over + 4 s + 2 s
     assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 21.0)
-    assert runner.finished_training(str(log))
+
+
+def experiment(tmp_path, max_epoch):
+    return runner.Experiment(task="t", data="d", work_dir=str(tmp_path), common=["--max-epoch", str(max_epoch)],
+                             scoring="edit", results=str(tmp_path / "t.jsonl"))
+
+
+def test_a_run_trained_with_other_flags_is_stale_and_trains_further(tmp_path):
+    run = runner.Run("MLE", 1, ["--criterion", "searnn_mle"])
+    old, new = experiment(tmp_path, 20), experiment(tmp_path, 30)
+    row = {"run": run.name, "train_command": "/any/bin/fairseq-train /any/data --user-dir searnn_fairseq "
+           + run.signature(old) + " --save-dir /any/dir --cpu"}
+    done = {run.name: row}
+    assert runner.is_recorded(done, old, run) and not runner.is_recorded(done, new, run)
+    assert not runner.is_recorded(done, old, runner.Run("MLE", 2, run.flags))
+    (tmp_path / runner.FINISHED).write_text(run.signature(old) + "\n")
+    assert runner.finished_training(str(tmp_path), run.signature(old))
+    assert not runner.finished_training(str(tmp_path), run.signature(new))
+    assert not runner.finished_training(str(tmp_path / "elsewhere"), run.signature(old))
+
+
+def test_configs_select_table_rows_and_unknown_names_are_refused():
+    runs = [runner.Run("MLE", 1, []), runner.Run("sLL policy", 1, []), runner.Run("sLL topk", 1, [])]
+    assert [r.config for r in runner.select(runs, ["sll POLICY", "MLE"])] == ["MLE", "sLL policy"]
+    assert runner.select(runs, None) == runs
+    with pytest.raises(SystemExit, match="unknown --configs"):
+        runner.select(runs, ["LL policy"])
 
 
 def test_scores_are_read_from_fairseq_generate_output():

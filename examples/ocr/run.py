@@ -97,7 +97,8 @@ def main():
     args = parser.parse_args()
     if not args.report:
         data = prepare(args.data_root, args.work_dir)
-        runner.run_all(experiment(args.work_dir, data), runs(args.grid, args.seeds), jobs=args.jobs)
+        runner.run_all(experiment(args.work_dir, data), runner.select(runs(args.grid, args.seeds), args.configs),
+                       jobs=args.jobs)
     report(args.work_dir)
 
 

@@ -51,7 +51,7 @@ def main():
     parser.add_argument("--noise", type=float, choices=[0.3, 0.5], required=True)
     parser.add_argument("--work-dir", help="default: runs/spelling-NOISE")
     parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
-    parser.add_argument("--max-epoch", type=int, default=20)
+    parser.add_argument("--max-epoch", type=int, default=30)
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     work_dir = args.work_dir or os.path.join(runner.REPO, "runs", f"spelling-{args.noise}")
@@ -65,7 +65,7 @@ def main():
             runs += [runner.Run(config, args.seeds[0], flags) for config, flags in TABLE1_REST]
         if args.grid in ("table2", "all"):
             runs += [runner.Run(config, args.seeds[0], flags, group="table2") for config, flags in TABLE2]
-        runner.run_all(experiment, runs, jobs=args.jobs)
+        runner.run_all(experiment, runner.select(runs, args.configs), jobs=args.jobs)
     rows = list(runner.recorded(experiment).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
     print(f"Table 1 ({task}, test edit error %)\n" + runner.format_table(runner.summary(rows, "table1"), "edit", order))
