@@ -100,14 +100,15 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
     os.makedirs(save_dir, exist_ok=True)
     train_log = os.path.join(save_dir, "train.log")
     command = train_command(experiment, run, save_dir)
-    if finished_training(save_dir, run.signature(experiment)):
+    signature = run.signature(experiment)
+    if finished_training(save_dir, signature):
         log(f"[{experiment.task}] {run.name}: training already finished")
     else:
         log(f"[{experiment.task}] {run.name}: training (log: {train_log})")
         with open(train_log, "a") as out:
             subprocess.run(command, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT, check=True)
         with open(os.path.join(save_dir, FINISHED), "w") as f:
-            f.write(run.signature(experiment) + "\n")
+            f.write(signature + "\n")
     curve = validation_curve(train_log)
     generate = generate_command(experiment, save_dir)
     out = subprocess.run(generate, cwd=REPO, env=environment(threads), capture_output=True, text=True)
@@ -175,7 +176,8 @@ def report_progress(experiment: Experiment, run: Run, log=print) -> None:
 
 
 def is_recorded(done: Dict[str, dict], experiment: Experiment, run: Run) -> bool:
-    return run.name in done and run.signature(experiment) in done[run.name]["train_command"]
+    # padded with spaces so that only whole flags match ("--max-epoch 3" is not in "--max-epoch 30")
+    return run.name in done and f" {run.signature(experiment)} " in f" {done[run.name]['train_command']} "
 
 
 FINISHED = "train.finished"

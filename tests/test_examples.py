@@ -44,6 +44,7 @@ def test_a_run_trained_with_other_flags_is_stale_and_trains_further(tmp_path):
     done = {run.name: row}
     assert runner.is_recorded(done, old, run) and not runner.is_recorded(done, new, run)
     assert not runner.is_recorded(done, old, runner.Run("MLE", 2, run.flags))
+    assert not runner.is_recorded(done, experiment(tmp_path, 2), run)  # "--max-epoch 2" is a prefix of 20
     (tmp_path / runner.FINISHED).write_text(run.signature(old) + "\n")
     assert runner.finished_training(str(tmp_path), run.signature(old))
     assert not runner.finished_training(str(tmp_path), run.signature(new))

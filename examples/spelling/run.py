@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from examples import runner  # noqa: E402
-from examples.ocr.run import TABLE1_MAIN, TABLE1_REST, TABLE2  # noqa: E402
+from examples.ocr.run import TABLE1_MAIN, TABLE1_REST, TABLE2, runs  # noqa: E402
 
 GENERATE = ["--task", "translation", "--source-lang", "src", "--target-lang", "tgt"]
 
@@ -60,12 +60,7 @@ def main():
                                    common=common(args.max_epoch), scoring="edit", generate_flags=GENERATE)
     if not args.report:
         prepare(args.data_root, work_dir, args.noise)
-        runs = [runner.Run(config, seed, flags) for config, flags in TABLE1_MAIN for seed in args.seeds]
-        if args.grid in ("table1", "all"):
-            runs += [runner.Run(config, args.seeds[0], flags) for config, flags in TABLE1_REST]
-        if args.grid in ("table2", "all"):
-            runs += [runner.Run(config, args.seeds[0], flags, group="table2") for config, flags in TABLE2]
-        runner.run_all(experiment, runner.select(runs, args.configs), jobs=args.jobs)
+        runner.run_all(experiment, runner.select(runs(args.grid, args.seeds), args.configs), jobs=args.jobs)
     rows = list(runner.recorded(experiment).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
     print(f"Table 1 ({task}, test edit error %)\n" + runner.format_table(runner.summary(rows, "table1"), "edit", order))
