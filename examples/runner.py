@@ -176,7 +176,7 @@ def report_progress(experiment: Experiment, run: Run, log=print) -> None:
 
 
 def is_recorded(done: Dict[str, dict], experiment: Experiment, run: Run) -> bool:
-    # padded with spaces so that only whole flags match ("--max-epoch 3" is not in "--max-epoch 30")
+    # padded with spaces so that only whole flags match at the edges ("--seed 1" is not in "--seed 10")
     return run.name in done and f" {run.signature(experiment)} " in f" {done[run.name]['train_command']} "
 
 

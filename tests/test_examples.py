@@ -44,7 +44,9 @@ def test_a_run_trained_with_other_flags_is_stale_and_trains_further(tmp_path):
     done = {run.name: row}
     assert runner.is_recorded(done, old, run) and not runner.is_recorded(done, new, run)
     assert not runner.is_recorded(done, old, runner.Run("MLE", 2, run.flags))
-    assert not runner.is_recorded(done, experiment(tmp_path, 2), run)  # "--max-epoch 2" is a prefix of 20
+    # whole flags only: a row trained with --seed 10 is not this run's "--seed 1"
+    ten = {run.name: {"train_command": row["train_command"].replace("--seed 1 ", "--seed 10 ")}}
+    assert not runner.is_recorded(ten, old, run)
     (tmp_path / runner.FINISHED).write_text(run.signature(old) + "\n")
     assert runner.finished_training(str(tmp_path), run.signature(old))
     assert not runner.finished_training(str(tmp_path), run.signature(new))
