@@ -64,12 +64,19 @@ CONFIGS = {
         # search looks 5x cheaper than it is. 130 updates at 5e-4 make it decode to full length.
         fit_steps=130, fit_lr=5e-4,
     ),
+    "4-spelling-all": dict(
+        arch=["--arch", "searnn_gru_spelling"],
+        vocab=43, batch=128, lengths=(6, 10), dense=0,
+        searnn=["--criterion", "searnn_llcas", "--cost", "edit", "--rollin", "learned", "--rollout", "mixed",
+                "--token-sampling", "all"],
+    ),
 }
 
 QUICK = {
     "1-ocr-5tok": dict(batch=8, lengths=(3, 6)),
     "2-ocr-all": dict(batch=4, lengths=(3, 5)),
     "3-mt-transformer": dict(batch=4, lengths=(5, 8), vocab=200),
+    "4-spelling-all": dict(batch=4, lengths=(3, 5)),
 }
 
 

@@ -101,6 +101,18 @@ def reorder_incremental_state(decoder, state: Dict, new_order: Tensor) -> None:
     decoder.reorder_incremental_state_scripting(state, new_order)
 
 
+def encoder_out_for_rows(model, encoder_out: Dict, sentences: Tensor) -> Dict:
+    """The encoder output row-aligned with decoder rows reading ``sentences``.
+
+    A decoder that declares ``reads_encoder_out_once`` (searnn_gru) keeps what it
+    needs in its incremental state after its first step, so the copy, which for
+    thousands of roll-out rows costs as much as the decoder step, is skipped.
+    """
+    if getattr(model.decoder, "reads_encoder_out_once", False):
+        return encoder_out
+    return model.encoder.reorder_encoder_out(encoder_out, sentences)
+
+
 def check_incremental(model) -> None:
     from fairseq.models import FairseqIncrementalDecoder
 
@@ -299,7 +311,7 @@ def search(
             if not torch.equal(new_order, torch.arange(num_rows, device=device)):
                 row_sentence = row_sentence[new_order]
                 reorder_incremental_state(decoder, state, new_order)
-                row_encoder_out = model.encoder.reorder_encoder_out(encoder_out, row_sentence)
+                row_encoder_out = encoder_out_for_rows(model, encoder_out, row_sentence)
 
     return _score(
         cost, target, rollin, ref_lens, cells, actions, valids, learned_masks, quick_ids, quick_cells,
@@ -388,5 +400,5 @@ def greedy_decode(model, net_input: Dict[str, Tensor], caps: Tensor, action_mask
             tokens = torch.cat([tokens[keep], best[keep].unsqueeze(1)], dim=1)
             if keep.numel() != go.numel():
                 reorder_incremental_state(model.decoder, state, keep)
-                row_encoder_out = model.encoder.reorder_encoder_out(encoder_out, rows)
+                row_encoder_out = encoder_out_for_rows(model, encoder_out, rows)
     return out, lens

@@ -13,7 +13,7 @@ def test_benchmark_quick_mode_runs_and_reports_every_configuration(tmp_path):
     subprocess.run([sys.executable, "benchmarks/step_time.py", "--quick", "--threads", "1", "--json", str(out)],
                    cwd=REPO, check=True, capture_output=True, text=True, timeout=600)
     report = json.loads(out.read_text())
-    assert {row["config"] for row in report["results"]} == {"1-ocr-5tok", "2-ocr-all", "3-mt-transformer"}
+    assert {row["config"] for row in report["results"]} == {"1-ocr-5tok", "2-ocr-all", "3-mt-transformer", "4-spelling-all"}
     for row in report["results"]:
         assert row["ratio"] > 1.0 and row["rollouts_per_update"] > 0
         assert row["mle_peak_mb"] >= 0 or row["searnn_peak_mb"] >= 0

@@ -161,9 +161,14 @@ def test_incremental_decoding_can_start_from_a_prefix(dense):
     torch.testing.assert_close(torch.cat([prefix, rest], 1), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("reorder_encoder_out", [True, False], ids=["encoder-reordered", "encoder-as-is"])
 @pytest.mark.parametrize("dense", [False, True], ids=["tokens", "dense"])
 @pytest.mark.parametrize("attention, input_feeding", [(True, True), (False, False)])
-def test_reordered_state_continues_like_decoding_the_reordered_batch(attention, input_feeding, dense):
+def test_reordered_state_continues_like_decoding_the_reordered_batch(
+    attention, input_feeding, dense, reorder_encoder_out
+):
+    """fairseq's generator reorders encoder_out with the state; the roll-out engine
+    does not for this decoder (reads_encoder_out_once): both must continue alike."""
     model = tiny_model(attention, input_feeding, dense).eval()
     net_input = make_batch(model.decoder.dictionary, dense)["net_input"]
     src, lengths, prev = net_input["src_tokens"], net_input["src_lengths"], net_input["prev_output_tokens"]
@@ -175,7 +180,8 @@ def test_reordered_state_continues_like_decoding_the_reordered_batch(attention, 
         for t in range(split):
             model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state)
         model.decoder.reorder_incremental_state_scripting(state, new_order)
-        encoder_out = model.encoder.reorder_encoder_out(encoder_out, new_order)
+        if reorder_encoder_out:
+            encoder_out = model.encoder.reorder_encoder_out(encoder_out, new_order)
         prev = prev.index_select(0, new_order)
         continued = torch.cat(
             [model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state)[0]
@@ -184,6 +190,58 @@ def test_reordered_state_continues_like_decoding_the_reordered_batch(attention, 
         )
         scratch, _ = model(src.index_select(0, new_order), lengths.index_select(0, new_order), prev)
     torch.testing.assert_close(continued, scratch[:, split:], atol=1e-5, rtol=0)
+
+
+def test_reordering_copies_per_row_state_only():
+    """Roll-outs branch many rows off one sentence: the encoder outputs and keys stay
+    one per source, and only the small per-row tensors follow the new order."""
+    model = tiny_model(True, True).eval()
+    net_input = make_batch(model.decoder.dictionary, False)["net_input"]
+    with torch.no_grad():
+        encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
+        state = {}
+        model.decoder(net_input["prev_output_tokens"][:, :1], encoder_out, incremental_state=state)
+        before = dict(model.decoder._get_cached_state(state))
+        new_order = torch.tensor([3, 3, 3, 1, 0, 3])
+        model.decoder.reorder_incremental_state_scripting(state, new_order)
+        after = model.decoder._get_cached_state(state)
+    for key in ("attention_keys", "attention_values", "padding_mask"):
+        assert after[key] is before[key]
+    assert after["source_index"].tolist() == new_order.tolist()
+    assert after["hidden"].size(0) == after["input_feed"].size(0) == 6
+
+
+def test_attention_equals_the_textbook_formula_with_gradients():
+    """Per-source keys and values read through each row's source index give the
+    context and gradients of a_s = softmax(v . tanh(W h + U e_s)), c = sum_s a_s e_s
+    computed on gathered per-row copies."""
+    from searnn_fairseq.models.searnn_gru import AdditiveAttention
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(query_dim=5, key_dim=4, attention_dim=3)
+    encoder_outs = torch.randn(6, 2, 4, requires_grad=True)  # S x B x C
+    padding_mask = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    source_index = torch.tensor([1, 0, 1, 1])
+    query = torch.randn(4, 5, requires_grad=True)
+
+    keys = attention.project_keys(encoder_outs)
+    values = encoder_outs.transpose(0, 1)
+    context, weights = attention(query, keys, values, padding_mask, source_index)
+    (context.square().sum() + weights[:, 0].sum()).backward()
+    got = [context.detach(), weights.detach(), query.grad, encoder_outs.grad]
+    grads = [p.grad.clone() for p in attention.parameters()]
+
+    query.grad = encoder_outs.grad = None
+    attention.zero_grad()
+    e = encoder_outs.transpose(0, 1)[source_index]  # R x S x C
+    scores = attention.score_proj(torch.tanh(attention.key_proj(e) + attention.query_proj(query).unsqueeze(1)))
+    a = torch.softmax(scores.squeeze(2).masked_fill(padding_mask[source_index], float("-inf")), dim=1)
+    c = (a.unsqueeze(2) * e).sum(1)
+    (c.square().sum() + a[:, 0].sum()).backward()
+    expected = [c.detach(), a.detach(), query.grad, encoder_outs.grad]
+    for g, x in zip(got + grads, expected + [p.grad for p in attention.parameters()]):
+        torch.testing.assert_close(g, x, atol=1e-6, rtol=1e-5)
+    assert weights[0, 4:].eq(0).all()  # row 0 reads source 1, padded after 4 positions
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["tokens", "dense"])

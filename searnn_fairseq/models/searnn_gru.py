@@ -256,8 +256,13 @@ class SearnnGRUEncoder(FairseqEncoder):
 
 
 class AdditiveAttention(nn.Module):
-    """Bahdanau et al. (2015): score(h, e_s) = v^T tanh(W_q h + W_k e_s), softmax over
-    non-padding source positions, context = sum_s a_s e_s."""
+    """Bahdanau et al.'s attention: a_s = softmax_s(v . tanh(W h + U e_s)) over the
+    non-padding source positions, context = sum_s a_s e_s.
+
+    Keys, values and the padding mask are held once per source sentence and each
+    decoder row names its sentence: SEARNN branches hundreds of roll-out rows off
+    one sentence, and copying its encoder outputs into every row at every
+    reordering would cost more than the attention itself."""
 
     def __init__(self, query_dim, key_dim, attention_dim):
         super().__init__()
@@ -271,14 +276,27 @@ class AdditiveAttention(nn.Module):
         return self.key_proj(encoder_outs.transpose(0, 1))
 
     def forward(
-        self, query: Tensor, keys: Tensor, encoder_outs: Tensor, padding_mask: Tensor
+        self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Tensor, source_index: Tensor
     ) -> Tuple[Tensor, Tensor]:
-        """query: B x H, keys: B x S x A, encoder_outs: S x B x C, padding_mask: B x S.
-        Returns the context (B x C) and the attention weights (B x S)."""
-        scores = self.score_proj(torch.tanh(keys + self.query_proj(query).unsqueeze(1)))
-        scores = scores.squeeze(2).masked_fill(padding_mask, float("-inf"))
+        """query: R x H, one per decoder row; keys: B x S x A, values: B x S x C and
+        padding_mask: B x S, one per source; source_index: R, each row's source.
+        Returns the context (R x C) and the attention weights (R x S)."""
+        rows, src_len = source_index.size(0), keys.size(1)
+        energy = keys.index_select(0, source_index)
+        energy += self.query_proj(query).unsqueeze(1)
+        scores = self.score_proj(energy.tanh_()).squeeze(2)
+        scores = scores.masked_fill(padding_mask.index_select(0, source_index), float("-inf"))
         weights = F.softmax(scores, dim=1)
-        context = (weights.t().unsqueeze(2) * encoder_outs).sum(dim=0)
+        # sum_s a_s e_s as one weighted bag per row: reads each row's values in
+        # place instead of gathering an R x S x C copy of them
+        positions = source_index.unsqueeze(1) * src_len + torch.arange(src_len, device=keys.device)
+        context = F.embedding_bag(
+            positions.view(-1),
+            values.reshape(-1, values.size(2)),
+            offsets=torch.arange(0, rows * src_len, src_len, device=keys.device),
+            per_sample_weights=weights.reshape(-1),
+            mode="sum",
+        )
         return context, weights
 
 
@@ -380,9 +398,6 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         **kwargs,
     ):
         assert encoder_out is not None, "the decoder is initialised from the encoder"
-        encoder_outs = encoder_out["encoder_out"][0] if self.attention is not None else None
-        padding_mask = encoder_out["encoder_padding_mask"][0]
-
         cached = self._get_cached_state(incremental_state)
         if cached is not None:
             prev_output_tokens = prev_output_tokens[:, -1:]
@@ -396,15 +411,21 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
             hidden = init.view(bsz, self.num_layers, self.hidden_size).transpose(0, 1)
             hidden = hidden.contiguous()
             input_feed = x.new_zeros(bsz, self.hidden_size) if self.input_feeding else None
-            keys = (
-                self.attention.project_keys(encoder_outs)
-                if self.attention is not None
-                else None
-            )
+            source_index = torch.arange(bsz, device=x.device)
+            if self.attention is not None:
+                encoder_outs = encoder_out["encoder_out"][0]
+                keys = self.attention.project_keys(encoder_outs)
+                values = encoder_outs.transpose(0, 1).contiguous()
+                padding_mask = encoder_out["encoder_padding_mask"][0]
+            else:
+                keys = values = padding_mask = None
         else:
             hidden = cached["hidden"].transpose(0, 1).contiguous()
             input_feed = cached.get("input_feed")
+            source_index = cached["source_index"]
             keys = cached.get("attention_keys")
+            values = cached.get("attention_values")
+            padding_mask = cached.get("padding_mask")
 
         attn: Optional[Tensor] = None
         if self.stepwise:
@@ -414,7 +435,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
                 top, hidden = self.gru(rnn_input.unsqueeze(0), hidden)
                 top = top[0]
                 if self.attention is not None:
-                    context, weights = self.attention(top, keys, encoder_outs, padding_mask)
+                    context, weights = self.attention(top, keys, values, padding_mask, source_index)
                     out = torch.tanh(self.attention_out_proj(torch.cat((top, context), 1)))
                     attns.append(weights)
                 else:
@@ -431,7 +452,17 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
             x = self.dropout_out_module(x.transpose(0, 1))
 
         if incremental_state is not None:
-            self._set_cached_state(incremental_state, hidden, input_feed, keys)
+            self._set_cached_state(
+                incremental_state,
+                {
+                    "hidden": hidden.transpose(0, 1),
+                    "input_feed": input_feed,
+                    "source_index": source_index,
+                    "attention_keys": keys,
+                    "attention_values": values,
+                    "padding_mask": padding_mask,
+                },
+            )
         return x, {"attn": [attn]}
 
     def output_layer(self, features: Tensor) -> Tensor:
@@ -442,9 +473,15 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
             features = self.out_embed_proj(features)
         return F.linear(features, self.embed_tokens.weight)
 
-    # Cached state: every tensor is batch-first, so reordering is one index_select(0)
-    # per tensor. "hidden" is B x layers x H; "attention_keys" (the projected encoder
-    # outputs, B x S x A) is cached because recomputing it would dominate a step's cost.
+    # Cached state, batch-first. Per decoder row: "hidden" (B x layers x H),
+    # "input_feed" and "source_index" (the row's source sentence); per source
+    # sentence, never reordered: the projected encoder outputs "attention_keys"
+    # (cached because recomputing them would dominate a step's cost), the outputs
+    # themselves "attention_values", and "padding_mask". So after its first step the
+    # decoder reads nothing from ``encoder_out``, and reordering rows copies only
+    # small tensors however many rows share a source.
+    reads_encoder_out_once = True
+    PER_ROW_STATE = ("hidden", "input_feed", "source_index")
 
     def _get_cached_state(
         self, incremental_state: Optional[IncrementalState]
@@ -454,18 +491,10 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         return self.get_incremental_state(incremental_state, "cached_state")
 
     def _set_cached_state(
-        self,
-        incremental_state: IncrementalState,
-        hidden: Tensor,
-        input_feed: Optional[Tensor],
-        keys: Optional[Tensor],
+        self, incremental_state: IncrementalState, state: Dict[str, Optional[Tensor]]
     ):
-        state: Dict[str, Optional[Tensor]] = {"hidden": hidden.transpose(0, 1)}
-        if input_feed is not None:
-            state["input_feed"] = input_feed
-        if keys is not None:
-            state["attention_keys"] = keys
-        self.set_incremental_state(incremental_state, "cached_state", state)
+        present: Dict[str, Optional[Tensor]] = {k: t for k, t in state.items() if t is not None}
+        self.set_incremental_state(incremental_state, "cached_state", present)
 
     def reorder_incremental_state(
         self, incremental_state: IncrementalState, new_order: Tensor
@@ -475,7 +504,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         if cached is None:
             return
         reordered: Dict[str, Optional[Tensor]] = {
-            key: (t.index_select(0, new_order) if t is not None else None)
+            key: (t.index_select(0, new_order) if key in self.PER_ROW_STATE and t is not None else t)
             for key, t in cached.items()
         }
         self.set_incremental_state(incremental_state, "cached_state", reordered)
