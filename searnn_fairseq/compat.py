@@ -13,12 +13,25 @@ batch when its size is not a multiple of ``--required-batch-size-multiple``
 to 7 test sentences, and training never sees the same few examples. Batches
 are consecutive runs of the ordered indices, so the dropped batch is the tail
 of ``indices``; we put it back.
+
+3. Early stopping across a resume. fairseq-train keeps ``--patience``'s state
+(best validation value, validations since it) on the function
+``fairseq_cli.train.should_stop_early``, which a new process starts empty: a
+resumed run takes its first validation as the best, whatever the checkpoint's
+best was, and trains ``patience`` more epochs from there. A run interrupted
+once or more then trains longer than the same run uninterrupted, which breaks
+any comparison made under one stopping rule. We save that state in each
+checkpoint's ``extra_state`` and restore it on load, under the same condition
+fairseq restores its best-checkpoint value (no ``--reset-optimizer`` or
+``--reset-meters``). A checkpoint saved without it restores the best value
+with no validations counted since.
 """
 
 import argparse
 import collections
 import enum
 import typing
+from typing import Optional
 
 import torch
 
@@ -92,6 +105,62 @@ def keep_last_batch() -> None:
     data_utils.batch_by_size = batch_by_size
 
 
+EARLY_STOP_KEY = "searnn_early_stop"
+
+
+def _early_stop_function():
+    """fairseq-train's ``should_stop_early``, if fairseq-train is what runs."""
+    import sys
+
+    train = sys.modules.get("fairseq_cli.train")
+    return getattr(train, "should_stop_early", None)
+
+
+def early_stop_state() -> Optional[dict]:
+    function = _early_stop_function()
+    if function is None or not hasattr(function, "best"):
+        return None
+    return {"best": function.best, "num_runs": function.num_runs}
+
+
+def restore_early_stop(extra_state: Optional[dict]) -> None:
+    function = _early_stop_function()
+    if function is None or not extra_state:
+        return
+    state = extra_state.get(EARLY_STOP_KEY)
+    if state is None and extra_state.get("best") is not None:
+        state = {"best": extra_state["best"], "num_runs": 0}
+    if state is not None:
+        function.best = state["best"]
+        function.num_runs = state["num_runs"]
+
+
+def keep_early_stopping_on_resume() -> None:
+    from fairseq.trainer import Trainer
+
+    if getattr(Trainer.save_checkpoint, "keeps_early_stop", False):
+        return
+    save, load = Trainer.save_checkpoint, Trainer.load_checkpoint
+
+    def save_checkpoint(self, filename, extra_state):
+        state = early_stop_state()
+        if state is not None:
+            extra_state = {**extra_state, EARLY_STOP_KEY: state}
+        return save(self, filename, extra_state)
+
+    def load_checkpoint(self, filename, reset_optimizer=False, reset_lr_scheduler=False, optimizer_overrides=None,
+                        reset_meters=False):
+        extra_state = load(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
+        if not reset_optimizer and not reset_meters:
+            restore_early_stop(extra_state)
+        return extra_state
+
+    save_checkpoint.keeps_early_stop = True
+    Trainer.save_checkpoint = save_checkpoint
+    Trainer.load_checkpoint = load_checkpoint
+
+
 def apply() -> None:
     register_safe_globals()
     keep_last_batch()
+    keep_early_stopping_on_resume()

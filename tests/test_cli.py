@@ -147,6 +147,55 @@ def test_two_process_training_keeps_ranks_identical(data_bin, tmp_path):
     assert fresh["optimizer_history"][-1]["num_updates"] == 3
 
 
+SCRIPTED_VALIDATION = r"""
+import sys
+from fairseq_cli import train
+
+# Validation cost by epoch: best at 2, then worse: patience 3 stops after epoch 5.
+costs = {1: 0.5, 2: 0.4, 3: 0.45, 4: 0.46, 5: 0.47, 6: 0.48, 7: 0.49, 8: 0.5}
+train.validate = lambda cfg, trainer, task, epoch_itr, subsets: [costs[epoch_itr.epoch]]
+sys.argv = ["fairseq-train"] + sys.argv[1:]
+train.cli_main()
+"""
+
+
+def test_patience_counts_across_a_resume(data_bin, tmp_path):
+    script = tmp_path / "scripted.py"
+    script.write_text(SCRIPTED_VALIDATION)
+
+    def train_until(save_dir, max_epoch):
+        run([sys.executable, str(script), data_bin, "--user-dir", "searnn_fairseq", "--task", "translation",
+             *ARCH_FLAGS["searnn_gru"], "--criterion", "searnn_mle", "--optimizer", "adam", "--lr", "0.005",
+             "--batch-size", "32", "--max-epoch", str(max_epoch), "--patience", "3", "--save-dir", save_dir,
+             "--cpu", "--num-workers", "0", "--no-epoch-checkpoints"])
+        extra = torch.load(os.path.join(save_dir, "checkpoint_last.pt"), weights_only=False)["extra_state"]
+        assert extra["train_iterator"]["iterations_in_epoch"] == 0
+        return extra["train_iterator"]["epoch"] - 1, extra["best"]  # a finished epoch's state points at the next
+
+    assert train_until(str(tmp_path / "straight"), 8) == (5, 0.4)
+    split = str(tmp_path / "split")
+    assert train_until(split, 3) == (3, 0.4)  # interrupted one epoch after the best, resumed with the same rule
+    assert train_until(split, 8) == (5, 0.4)  # fairseq alone trains on to epoch 7
+
+
+def test_a_checkpoint_saved_without_the_early_stop_state_restores_its_best_value():
+    from fairseq_cli import train
+
+    from searnn_fairseq import compat
+
+    function = train.should_stop_early
+    try:
+        compat.restore_early_stop({"best": 0.25, "val_loss": 0.3})
+        assert (function.best, function.num_runs) == (0.25, 0)
+        compat.restore_early_stop({"best": 0.25, compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 2}})
+        assert (function.best, function.num_runs) == (0.2, 2)
+        assert compat.early_stop_state() == {"best": 0.2, "num_runs": 2}
+    finally:
+        for name in ("best", "num_runs"):
+            if hasattr(function, name):
+                delattr(function, name)
+
+
 def test_no_batch_is_dropped_when_the_dataset_size_is_not_a_multiple_of_eight():
     import numpy as np
     from fairseq.data import data_utils
