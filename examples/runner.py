@@ -185,8 +185,8 @@ FINISHED = "train.finished"
 
 def finished_training(save_dir: str, signature: str) -> bool:
     """True once fairseq-train ended on its own (max epoch, patience or time) with these flags:
-    running it again would restart early stopping and train further. Changed flags (a higher
-    --max-epoch) resume from checkpoint_last.pt instead."""
+    running it again would train at least one more epoch before it stopped again. Changed flags
+    (a higher --max-epoch) resume from checkpoint_last.pt instead."""
     path = os.path.join(save_dir, FINISHED)
     if not os.path.exists(path):
         return False
