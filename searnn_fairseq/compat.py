@@ -20,7 +20,8 @@ of ``indices``; we put it back.
 resumed run takes its first validation as the best, whatever the checkpoint's
 best was, and trains ``patience`` more epochs from there. A run interrupted
 once or more then trains longer than the same run uninterrupted, which breaks
-any comparison made under one stopping rule. We save that state in each
+any comparison made under one stopping rule (facebookresearch/fairseq#3531,
+closed unfixed). We save that state in each
 checkpoint's ``extra_state`` and restore it on load, under the same condition
 fairseq restores its best-checkpoint value (no ``--reset-optimizer`` or
 ``--reset-meters``). A checkpoint saved without it restores the best value
