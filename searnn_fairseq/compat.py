@@ -31,8 +31,8 @@ with no validations counted since.
 import argparse
 import collections
 import enum
+import sys
 import typing
-from typing import Optional
 
 import torch
 
@@ -111,20 +111,18 @@ EARLY_STOP_KEY = "searnn_early_stop"
 
 def _early_stop_function():
     """fairseq-train's ``should_stop_early``, if fairseq-train is what runs."""
-    import sys
-
     train = sys.modules.get("fairseq_cli.train")
     return getattr(train, "should_stop_early", None)
 
 
-def early_stop_state() -> Optional[dict]:
+def early_stop_state() -> typing.Optional[dict]:
     function = _early_stop_function()
     if function is None or not hasattr(function, "best"):
         return None
     return {"best": function.best, "num_runs": function.num_runs}
 
 
-def restore_early_stop(extra_state: Optional[dict]) -> None:
+def restore_early_stop(extra_state: typing.Optional[dict]) -> None:
     function = _early_stop_function()
     if function is None or not extra_state:
         return
