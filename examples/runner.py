@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,7 @@ class Experiment:
     generate_flags: List[str] = field(default_factory=list)
     # committed with the code (examples/results/TASK.jsonl), so a later session resumes the grid
     results: str = ""
+    device: str = "cpu"  # "cuda": fairseq's own default device, the GPU
 
     def __post_init__(self):
         self.results = self.results or os.path.join(REPO, "examples", "results", f"{self.task}.jsonl")
@@ -79,19 +81,30 @@ def recorded(experiment: Experiment) -> Dict[str, dict]:
     return rows
 
 
+def fairseq_command(name: str) -> str:
+    """fairseq's console script beside this Python, else the one on PATH (e.g. a ``pip install
+    --target`` directory's bin)."""
+    beside = os.path.join(BIN, name)
+    return beside if os.path.exists(beside) else shutil.which(name) or beside
+
+
+def device_flags(experiment: Experiment) -> List[str]:
+    return ["--cpu"] if experiment.device == "cpu" else []
+
+
 def train_command(experiment: Experiment, run: Run, save_dir: str) -> List[str]:
     return [
-        f"{BIN}/fairseq-train", experiment.data, "--user-dir", "searnn_fairseq", *experiment.common, *run.flags,
-        "--seed", str(run.seed), "--save-dir", save_dir, "--cpu", "--num-workers", "0",
+        fairseq_command("fairseq-train"), experiment.data, "--user-dir", "searnn_fairseq", *experiment.common, *run.flags,
+        "--seed", str(run.seed), "--save-dir", save_dir, *device_flags(experiment), "--num-workers", "0",
         "--best-checkpoint-metric", "cost", "--no-epoch-checkpoints", "--log-format", "json",
     ]
 
 
 def generate_command(experiment: Experiment, save_dir: str) -> List[str]:
     return [
-        f"{BIN}/fairseq-generate", experiment.data, "--user-dir", "searnn_fairseq",
+        fairseq_command("fairseq-generate"), experiment.data, "--user-dir", "searnn_fairseq",
         "--path", os.path.join(save_dir, "checkpoint_best.pt"), "--gen-subset", "test", "--beam", "1",
-        "--batch-size", "256", "--scoring", experiment.scoring, "--cpu", *experiment.generate_flags,
+        "--batch-size", "256", "--scoring", experiment.scoring, *device_flags(experiment), *experiment.generate_flags,
     ]
 
 
@@ -122,6 +135,7 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
         "config": run.config,
         "group": run.group,
         "seed": run.seed,
+        "device": experiment.device,
         "test_error": test_error,
         "best_valid_cost": min((p["cost"] for p in curve), default=None),
         "updates": curve[-1]["updates"] if curve else 0,
@@ -217,36 +231,41 @@ def parse_score(output: str, scoring: str) -> float:
     raise RuntimeError(f"no {scoring} score in fairseq-generate's output:\n{output[-2000:]}")
 
 
-LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| (valid|train_inner|train) \| (\{.*\})\s*$")
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| ([\w.]+) \| (.*?)\s*$")
+# the first thing every fairseq-train process logs about its checkpoint: a session starts
+SESSION_START = "Preparing to load checkpoint"
 
 
 def validation_curve(train_log: str) -> List[dict]:
     """(updates, wall seconds, valid cost) at every validation, across resumes.
 
-    fairseq's valid lines carry no wall clock; the last training line's
-    ``wall`` plus the seconds since it (from the log timestamps) stands in.
-    fairseq restarts ``wall`` at 0 when a run resumes: earlier sessions' time
-    is carried over.
+    Wall time is read off the log's timestamps from the start of each
+    fairseq-train session, earlier sessions' time (to their last progress
+    line) carried over: fairseq's own
+    ``wall`` does not survive a resume (0.12 restores its stopwatch stopped,
+    and a resumed run logs ``"wall": "0"`` to the end).
     """
-    points, last_wall, last_stamp, offset = [], 0.0, None, 0.0
+    points, carried, start, last = [], 0.0, None, None
     with open(train_log) as f:
         for line in f:
             match = LOG_LINE.match(line)
             if not match:
                 continue
             stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
-            stats = json.loads(match.group(3))
-            if match.group(2) in ("train_inner", "train"):
-                wall = stats.get("wall", stats.get("train_wall"))
-                if wall is not None:
-                    if float(wall) + offset < last_wall:  # a resumed session
-                        offset = last_wall
-                    last_wall, last_stamp = float(wall) + offset, stamp
-            elif "valid_cost" in stats:
-                since = stamp - last_stamp if last_stamp is not None else 0.0
+            if match.group(3).startswith(SESSION_START):
+                if last is not None:
+                    carried += last - start
+                start, last = stamp, None
+                continue
+            if match.group(2) not in ("train_inner", "train", "valid"):
+                continue  # a new session logs a few lines before its marker
+            start = stamp if start is None else start
+            last = stamp
+            if match.group(2) == "valid" and '"valid_cost"' in match.group(3):
+                stats = json.loads(match.group(3))
                 points.append({
                     "updates": int(float(stats["valid_num_updates"])),
-                    "wall": last_wall + max(since, 0.0),
+                    "wall": carried + stamp - start,
                     "cost": float(stats["valid_cost"]),
                 })
     return points
@@ -324,4 +343,14 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--configs", nargs="+", metavar="CONFIG",
                         help='only these table rows of the chosen grid, e.g. --configs MLE "sLL policy"')
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where fairseq-train and fairseq-generate run (cuda: the GPU, --jobs runs sharing it)")
+    parser.add_argument("--stop-time-hours", type=float, default=0,
+                        help="cap each run's training time (fairseq's flag; a capped run is a different run: "
+                             "record it apart with --results)")
+    parser.add_argument("--results", help="results file (default: examples/results/TASK.jsonl)")
     return parser
+
+
+def capped(common: List[str], stop_time_hours: float) -> List[str]:
+    return [*common, "--stop-time-hours", str(stop_time_hours)] if stop_time_hours > 0 else common

@@ -10,12 +10,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from examples import runner  # noqa: E402
 
+# Two sessions, as fairseq 0.12 logs them: the resumed one reports "wall": "0" throughout.
 LOG = """\
+2026-11-25 09:59:50 | INFO | fairseq.trainer | Preparing to load checkpoint runs/x/checkpoint_last.pt
 2026-11-25 10:00:00 | INFO | train_inner | {"epoch": 1, "loss": "4.1", "num_updates": "50", "wall": "10"}
 2026-11-25 10:00:05 | INFO | valid | {"epoch": 1, "valid_loss": "4", "valid_cost": "7.5", "valid_num_updates": "89"}
 2026-11-25 10:00:06 | INFO | train | {"epoch": 1, "train_loss": "4", "train_num_updates": "89", "train_wall": "15"}
-2026-11-25 11:00:00 | INFO | fairseq_cli.train | resumed
-2026-11-25 11:00:10 | INFO | train_inner | {"epoch": 2, "loss": "3", "num_updates": "139", "wall": "4"}
+2026-11-25 10:00:08 | INFO | fairseq_cli.train | (killed here)
+2026-11-25 10:59:58 | INFO | fairseq_cli.train | {'_name': None, ...}
+2026-11-25 11:00:00 | INFO | fairseq.trainer | Preparing to load checkpoint runs/x/checkpoint_last.pt
+2026-11-25 11:00:10 | INFO | train_inner | {"epoch": 2, "loss": "3", "num_updates": "139", "wall": "0"}
 2026-11-25 11:00:12 | INFO | valid | {"epoch": 2, "valid_loss": "3", "valid_cost": "2.25", "valid_num_updates": "178"}
 2026-11-25 11:00:13 | INFO | fairseq_cli.train | done training in 20.0 seconds
 """
@@ -27,8 +31,8 @@ def test_validation_curve_reads_updates_cost_and_wall_across_a_resume(tmp_path):
     curve = runner.validation_curve(str(log))
     assert [p["updates"] for p in curve] == [89, 178]
     assert [p["cost"] for p in curve] == [7.5, 2.25]
-    # 10 s + 5 s since the last training line; then 15 s carried over + 4 s + 2 s
-    assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 21.0)
+    # 15 s into the first session; then its 16 s (to its last progress line) + 12 s into the second
+    assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 28.0)
 
 
 def experiment(tmp_path, max_epoch):
@@ -74,3 +78,20 @@ def test_summary_gives_mean_and_std_over_seeds():
     table = runner.summary(rows, "table1")
     assert table["MLE"]["mean"] == 3.0 and math.isclose(table["MLE"]["std"], 1.0)
     assert "| MLE | 3.00 ± 1.00 | 1,2,3 |" in runner.format_table(table, "Hamming")
+
+
+def test_gpu_runs_drop_cpu_and_a_time_cap_makes_a_different_run(tmp_path):
+    run = runner.Run("MLE", 1, ["--criterion", "searnn_mle"])
+    cpu = experiment(tmp_path, 30)
+    gpu = runner.Experiment(task="t", data="d", work_dir=str(tmp_path), common=cpu.common, scoring="edit",
+                            device="cuda")
+    for command in (runner.train_command(cpu, run, "s"), runner.generate_command(cpu, "s")):
+        assert "--cpu" in command
+    for command in (runner.train_command(gpu, run, "s"), runner.generate_command(gpu, "s")):
+        assert "--cpu" not in command
+    assert runner.capped(["--max-epoch", "30"], 0) == ["--max-epoch", "30"]
+    capped = runner.Experiment(task="t", data="d", work_dir=str(tmp_path), scoring="edit",
+                               common=runner.capped(cpu.common, 0.5))
+    assert capped.common[-2:] == ["--stop-time-hours", "0.5"]
+    row = {"run": run.name, "train_command": "fairseq-train d " + run.signature(capped) + " --cpu"}
+    assert runner.is_recorded({run.name: row}, capped, run) and not runner.is_recorded({run.name: row}, cpu, run)

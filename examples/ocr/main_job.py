@@ -51,6 +51,7 @@ def obtain_ocr(data_root: str, work_dir: str) -> str:
 def main():
     parser = runner.common_arguments(__doc__)
     parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "main"))
+    parser.set_defaults(stop_time_hours=HOURS_PER_RUN)
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     data = os.path.join(args.work_dir, "data")
@@ -60,8 +61,8 @@ def main():
                        check=True)
     experiment = runner.Experiment(
         task="ocr-main-job", data=data, work_dir=args.work_dir, scoring="hamming",
-        results=os.path.join(args.work_dir, "results.jsonl"),
-        common=[*COMMON, "--stop-time-hours", str(HOURS_PER_RUN)], generate_flags=GENERATE,
+        results=args.results or os.path.join(args.work_dir, "results.jsonl"), device=args.device,
+        common=runner.capped(COMMON, args.stop_time_hours), generate_flags=GENERATE,
     )
     rows = runner.run_all(experiment, RUNS, jobs=args.jobs)
     table = runner.summary(rows, "main")
@@ -70,7 +71,7 @@ def main():
     mle, searnn = (table.get(run.config) for run in RUNS)
     if mle and searnn and mle["mean"] > 0:
         change = 100 * (mle["mean"] - searnn["mean"]) / mle["mean"]
-        print(f"\nSEARNN makes {change:.0f}% {'fewer' if change >= 0 else 'more'} errors than MLE.")
+        print(f"\nSEARNN makes {abs(change):.0f}% {'fewer' if change >= 0 else 'more'} errors than MLE.")
     runner.plot_curves(rows, os.path.join(args.work_dir, "validation.png"), "OCR: validation Hamming error per word")
     print(f"results: {experiment.results}; plot: {os.path.join(args.work_dir, 'validation.png')}")
 

@@ -63,9 +63,10 @@ def prepare(data_root: str, work_dir: str) -> str:
     return data
 
 
-def experiment(work_dir: str, data: str) -> runner.Experiment:
-    return runner.Experiment(task="ocr", data=data, work_dir=work_dir, common=COMMON, scoring="hamming",
-                             generate_flags=GENERATE)
+def experiment(args, data: str) -> runner.Experiment:
+    return runner.Experiment(task="ocr", data=data, work_dir=args.work_dir,
+                             common=runner.capped(COMMON, args.stop_time_hours), scoring="hamming",
+                             generate_flags=GENERATE, results=args.results or "", device=args.device)
 
 
 def runs(grid: str, seeds):
@@ -77,14 +78,15 @@ def runs(grid: str, seeds):
     return chosen
 
 
-def report(work_dir: str) -> None:
-    rows = list(runner.recorded(experiment(work_dir, "")).values())
+def report(args) -> None:
+    results = experiment(args, "")
+    rows = list(runner.recorded(results).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
     print("Table 1 (OCR, test Hamming error %)\n" + runner.format_table(runner.summary(rows, "table1"), "Hamming", order))
     if any(r["group"] == "table2" for r in rows):
         print("\nTable 2 (OCR, 5 tokens per cell)\n" + runner.format_table(runner.summary(rows, "table2"), "Hamming", [c for c, _ in TABLE2]))
     if rows:
-        plot = os.path.join(runner.REPO, "examples", "results", "ocr_validation.png")
+        plot = os.path.splitext(results.results)[0] + "_validation.png"
         runner.plot_curves(rows, plot, "OCR: validation Hamming error per word", configs=[c for c, _ in TABLE1_MAIN])
         print(f"\nplot: {plot}")
 
@@ -97,9 +99,9 @@ def main():
     args = parser.parse_args()
     if not args.report:
         data = prepare(args.data_root, args.work_dir)
-        runner.run_all(experiment(args.work_dir, data), runner.select(runs(args.grid, args.seeds), args.configs),
+        runner.run_all(experiment(args, data), runner.select(runs(args.grid, args.seeds), args.configs),
                        jobs=args.jobs)
-    report(args.work_dir)
+    report(args)
 
 
 if __name__ == "__main__":

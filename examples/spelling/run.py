@@ -57,7 +57,9 @@ def main():
     work_dir = args.work_dir or os.path.join(runner.REPO, "runs", f"spelling-{args.noise}")
     task = f"spelling-{args.noise}"
     experiment = runner.Experiment(task=task, data=os.path.join(work_dir, "data"), work_dir=work_dir,
-                                   common=common(args.max_epoch), scoring="edit", generate_flags=GENERATE)
+                                   common=runner.capped(common(args.max_epoch), args.stop_time_hours),
+                                   scoring="edit", generate_flags=GENERATE, results=args.results or "",
+                                   device=args.device)
     if not args.report:
         prepare(args.data_root, work_dir, args.noise)
         runner.run_all(experiment, runner.select(runs(args.grid, args.seeds), args.configs), jobs=args.jobs)
@@ -67,8 +69,8 @@ def main():
     if any(r["group"] == "table2" for r in rows):
         print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
     if rows:
-        runner.plot_curves(rows, os.path.join(runner.REPO, "examples", "results", f"{task}_validation.png"),
-                           f"{task}: validation edit error")
+        plot = os.path.splitext(experiment.results)[0] + "_validation.png"
+        runner.plot_curves(rows, plot, f"{task}: validation edit error")
 
 
 if __name__ == "__main__":
