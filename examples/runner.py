@@ -108,9 +108,44 @@ def generate_command(experiment: Experiment, save_dir: str) -> List[str]:
     ]
 
 
+# What an unfinished run needs to go on elsewhere: its last checkpoint (model, optimizer,
+# early-stopping and training-time state) and its log (the validation curve so far).
+SNAPSHOT_FILES = ("checkpoint_last.pt", "train.log")
+
+
+def snapshot_dir(experiment: Experiment, run: Run) -> str:
+    """Beside the results file, so that a commit carries it to the next machine (``runs/`` stays behind)."""
+    return os.path.join(os.path.splitext(experiment.results)[0] + "_unfinished", run.name)
+
+
+def save_snapshots(experiment: Experiment, runs: List[Run], log=print) -> None:
+    """Copy every unrecorded run's checkpoint_last.pt and train.log beside the results file."""
+    done = recorded(experiment)
+    for run in runs:
+        save_dir = os.path.join(experiment.work_dir, run.name)
+        if is_recorded(done, experiment, run) or not os.path.exists(os.path.join(save_dir, SNAPSHOT_FILES[0])):
+            continue
+        target = snapshot_dir(experiment, run)
+        os.makedirs(target, exist_ok=True)
+        for name in SNAPSHOT_FILES:
+            shutil.copy2(os.path.join(save_dir, name), os.path.join(target, name))
+        log(f"[{experiment.task}] {run.name}: snapshot in {target}")
+
+
+def restore_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print) -> None:
+    """Start from the run's snapshot when this machine has no checkpoint of it."""
+    source = snapshot_dir(experiment, run)
+    if os.path.exists(os.path.join(save_dir, SNAPSHOT_FILES[0])) or not os.path.exists(os.path.join(source, SNAPSHOT_FILES[0])):
+        return
+    for name in SNAPSHOT_FILES:
+        shutil.copy2(os.path.join(source, name), os.path.join(save_dir, name))
+    log(f"[{experiment.task}] {run.name}: resuming from the snapshot in {source}")
+
+
 def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
     save_dir = os.path.join(experiment.work_dir, run.name)
     os.makedirs(save_dir, exist_ok=True)
+    restore_snapshot(experiment, run, save_dir, log)
     train_log = os.path.join(save_dir, "train.log")
     command = train_command(experiment, run, save_dir)
     signature = run.signature(experiment)
@@ -147,6 +182,7 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
     os.makedirs(os.path.dirname(experiment.results), exist_ok=True)
     with open(experiment.results, "a") as f:
         f.write(json.dumps(row) + "\n")
+    shutil.rmtree(snapshot_dir(experiment, run), ignore_errors=True)  # recorded: nothing left to resume
     log(f"[{experiment.task}] {run.name}: test {experiment.scoring} error {test_error:.2f}% "
         f"after {row['updates']} updates, {row['wall_s'] / 60:.1f} min")
     return row
@@ -349,6 +385,10 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                         help="cap each run's training time (fairseq's flag; a capped run is a different run: "
                              "record it apart with --results)")
     parser.add_argument("--results", help="results file (default: examples/results/TASK.jsonl)")
+    parser.add_argument("--snapshot", action="store_true",
+                        help="train nothing: copy the unfinished runs' checkpoint_last.pt and train.log to "
+                             "RESULTS_unfinished/RUN/ (commit them; a later run of the script on any machine "
+                             "resumes from there)")
     return parser
 
 

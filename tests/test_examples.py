@@ -95,3 +95,31 @@ def test_gpu_runs_drop_cpu_and_a_time_cap_makes_a_different_run(tmp_path):
     assert capped.common[-2:] == ["--stop-time-hours", "0.5"]
     row = {"run": run.name, "train_command": "fairseq-train d " + run.signature(capped) + " --cpu"}
     assert runner.is_recorded({run.name: row}, capped, run) and not runner.is_recorded({run.name: row}, cpu, run)
+
+
+def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
+    run, finished = runner.Run("LL learned/mixed", 1, ["--criterion", "searnn_ll"]), runner.Run("MLE", 1, [])
+    trained = runner.Experiment(task="t", data="d", work_dir=str(tmp_path / "here"), common=[], scoring="edit",
+                                results=str(tmp_path / "results" / "t.jsonl"))
+    for r in (run, finished):
+        (tmp_path / "here" / r.name).mkdir(parents=True)
+        (tmp_path / "here" / r.name / "checkpoint_last.pt").write_bytes(b"state of " + r.name.encode())
+        (tmp_path / "here" / r.name / "train.log").write_text("log of " + r.name)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "t.jsonl").write_text(
+        '{"run": "%s", "train_command": "x %s y"}\n' % (finished.name, finished.signature(trained)))
+    runner.save_snapshots(trained, [run, finished], log=lambda *_: None)
+    snapshot = tmp_path / "results" / "t_unfinished"
+    assert sorted(p.name for p in snapshot.iterdir()) == [run.name]  # the recorded run needs none
+    # another machine: same results file, empty runs folder
+    elsewhere = runner.Experiment(task="t", data="d", work_dir=str(tmp_path / "there"), common=[], scoring="edit",
+                                  results=trained.results)
+    save_dir = tmp_path / "there" / run.name
+    save_dir.mkdir(parents=True)
+    runner.restore_snapshot(elsewhere, run, str(save_dir), log=lambda *_: None)
+    assert (save_dir / "checkpoint_last.pt").read_bytes() == b"state of " + run.name.encode()
+    assert (save_dir / "train.log").read_text() == "log of " + run.name
+    # a machine that has its own, newer checkpoint keeps it
+    (save_dir / "checkpoint_last.pt").write_bytes(b"newer")
+    runner.restore_snapshot(elsewhere, run, str(save_dir), log=lambda *_: None)
+    assert (save_dir / "checkpoint_last.pt").read_bytes() == b"newer"

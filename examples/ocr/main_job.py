@@ -64,6 +64,8 @@ def main():
         results=args.results or os.path.join(args.work_dir, "results.jsonl"), device=args.device,
         common=runner.capped(COMMON, args.stop_time_hours), generate_flags=GENERATE,
     )
+    if args.snapshot:
+        return runner.save_snapshots(experiment, RUNS)
     rows = runner.run_all(experiment, RUNS, jobs=args.jobs)
     table = runner.summary(rows, "main")
     print("\nOCR, test Hamming error (%), fairseq-generate --beam 1 --scoring hamming:")

@@ -97,10 +97,12 @@ def main():
     parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = parser.parse_args()
+    chosen = runner.select(runs(args.grid, args.seeds), args.configs)
+    if args.snapshot:
+        return runner.save_snapshots(experiment(args, ""), chosen)
     if not args.report:
         data = prepare(args.data_root, args.work_dir)
-        runner.run_all(experiment(args, data), runner.select(runs(args.grid, args.seeds), args.configs),
-                       jobs=args.jobs)
+        runner.run_all(experiment(args, data), chosen, jobs=args.jobs)
     report(args)
 
 

@@ -60,9 +60,12 @@ def main():
                                    common=runner.capped(common(args.max_epoch), args.stop_time_hours),
                                    scoring="edit", generate_flags=GENERATE, results=args.results or "",
                                    device=args.device)
+    chosen = runner.select(runs(args.grid, args.seeds), args.configs)
+    if args.snapshot:
+        return runner.save_snapshots(experiment, chosen)
     if not args.report:
         prepare(args.data_root, work_dir, args.noise)
-        runner.run_all(experiment, runner.select(runs(args.grid, args.seeds), args.configs), jobs=args.jobs)
+        runner.run_all(experiment, chosen, jobs=args.jobs)
     rows = list(runner.recorded(experiment).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
     print(f"Table 1 ({task}, test edit error %)\n" + runner.format_table(runner.summary(rows, "table1"), "edit", order))
