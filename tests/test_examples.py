@@ -1,5 +1,6 @@
 """The experiment runner's parsing of fairseq's logs and scores."""
 
+import json
 import math
 import os
 import sys
@@ -123,3 +124,18 @@ def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
     (save_dir / "checkpoint_last.pt").write_bytes(b"newer")
     runner.restore_snapshot(elsewhere, run, str(save_dir), log=lambda *_: None)
     assert (save_dir / "checkpoint_last.pt").read_bytes() == b"newer"
+
+
+def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, monkeypatch):
+    from examples.spelling import run as spelling
+
+    monkeypatch.setattr(runner, "REPO", str(tmp_path))
+    main = tmp_path / "examples" / "results" / "t.jsonl"
+    main.parent.mkdir(parents=True)
+    rows = [{"run": f"{c.lower()}-seed1", "config": c, "seed": 1} for c in ("MLE", "sLL policy")]
+    main.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    apart = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit",
+                              results=str(tmp_path / "capped.jsonl"))
+    assert [r["config"] for r in spelling.baseline_rows(apart)] == ["MLE"]
+    own = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit")
+    assert spelling.baseline_rows(own) == []

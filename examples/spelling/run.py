@@ -73,7 +73,16 @@ def main():
         print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
     if rows:
         plot = os.path.splitext(experiment.results)[0] + "_validation.png"
-        runner.plot_curves(rows, plot, f"{task}: validation edit error")
+        runner.plot_curves(rows + baseline_rows(experiment), plot, f"{task}: validation edit error")
+
+
+def baseline_rows(experiment: runner.Experiment) -> list:
+    """A results file apart from the task's own (e.g. capped runs) is plotted against the task's MLE runs."""
+    default = runner.Experiment(task=experiment.task, data="", work_dir="", common=[], scoring="").results
+    if os.path.abspath(experiment.results) == os.path.abspath(default):
+        return []
+    others = runner.Experiment(task=experiment.task, data="", work_dir="", common=[], scoring="", results=default)
+    return [row for row in runner.recorded(others).values() if row["config"] == "MLE"]
 
 
 if __name__ == "__main__":
