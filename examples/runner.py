@@ -59,7 +59,11 @@ class Experiment:
     device: str = "cpu"  # "cuda": fairseq's own default device, the GPU
 
     def __post_init__(self):
-        self.results = self.results or os.path.join(REPO, "examples", "results", f"{self.task}.jsonl")
+        self.results = self.results or default_results(self.task)
+
+
+def default_results(task: str) -> str:
+    return os.path.join(REPO, "examples", "results", f"{task}.jsonl")
 
 
 def environment(threads: int) -> Dict[str, str]:

@@ -16,6 +16,7 @@ early stop after 3 epochs without a better validation edit error; test with
 examples/results/spelling-NOISE.jsonl.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -78,11 +79,11 @@ def main():
 
 def baseline_rows(experiment: runner.Experiment) -> list:
     """A results file apart from the task's own (e.g. capped runs) is plotted against the task's MLE runs."""
-    default = runner.Experiment(task=experiment.task, data="", work_dir="", common=[], scoring="").results
+    default = runner.default_results(experiment.task)
     if os.path.abspath(experiment.results) == os.path.abspath(default):
         return []
-    others = runner.Experiment(task=experiment.task, data="", work_dir="", common=[], scoring="", results=default)
-    return [row for row in runner.recorded(others).values() if row["config"] == "MLE"]
+    main_rows = runner.recorded(dataclasses.replace(experiment, results=default))
+    return [row for row in main_rows.values() if row["config"] == "MLE"]
 
 
 if __name__ == "__main__":
