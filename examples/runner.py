@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +64,14 @@ class Experiment:
 
 def default_results(task: str) -> str:
     return os.path.join(REPO, "examples", "results", f"{task}.jsonl")
+
+
+def baseline_rows(experiment: Experiment) -> List[dict]:
+    """A results file apart from the task's own (e.g. capped runs) is plotted against the task's MLE runs."""
+    default = default_results(experiment.task)
+    if os.path.abspath(experiment.results) == os.path.abspath(default):
+        return []
+    return [row for row in recorded(replace(experiment, results=default)).values() if row["config"] == "MLE"]
 
 
 def environment(threads: int) -> Dict[str, str]:

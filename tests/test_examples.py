@@ -127,8 +127,6 @@ def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
 
 
 def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, monkeypatch):
-    from examples.spelling import run as spelling
-
     monkeypatch.setattr(runner, "REPO", str(tmp_path))
     main = tmp_path / "examples" / "results" / "t.jsonl"
     main.parent.mkdir(parents=True)
@@ -136,6 +134,6 @@ def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, mo
     main.write_text("\n".join(map(json.dumps, rows)) + "\n")
     apart = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit",
                               results=str(tmp_path / "capped.jsonl"))
-    assert [r["config"] for r in spelling.baseline_rows(apart)] == ["MLE"]
+    assert [r["config"] for r in runner.baseline_rows(apart)] == ["MLE"]
     own = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit")
-    assert spelling.baseline_rows(own) == []
+    assert runner.baseline_rows(own) == []

@@ -16,7 +16,6 @@ early stop after 3 epochs without a better validation edit error; test with
 examples/results/spelling-NOISE.jsonl.
 """
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -74,16 +73,7 @@ def main():
         print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
     if rows:
         plot = os.path.splitext(experiment.results)[0] + "_validation.png"
-        runner.plot_curves(rows + baseline_rows(experiment), plot, f"{task}: validation edit error")
-
-
-def baseline_rows(experiment: runner.Experiment) -> list:
-    """A results file apart from the task's own (e.g. capped runs) is plotted against the task's MLE runs."""
-    default = runner.default_results(experiment.task)
-    if os.path.abspath(experiment.results) == os.path.abspath(default):
-        return []
-    main_rows = runner.recorded(dataclasses.replace(experiment, results=default))
-    return [row for row in main_rows.values() if row["config"] == "MLE"]
+        runner.plot_curves(rows + runner.baseline_rows(experiment), plot, f"{task}: validation edit error")
 
 
 if __name__ == "__main__":
