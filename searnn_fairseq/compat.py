@@ -26,6 +26,13 @@ checkpoint's ``extra_state`` and restore it on load, under the same condition
 fairseq restores its best-checkpoint value (no ``--reset-optimizer`` or
 ``--reset-meters``). A checkpoint saved without it restores the best value
 with no validations counted since.
+
+4. The validation a stop forces. A run stopped in mid-epoch by ``--stop-time-hours``
+(or ``--max-update``) validates once more before it saves, and ``--patience``
+counts that validation as one of its epochs: resumed under a higher cap, the
+run stops one epoch earlier than the same run uninterrupted. On restoring a
+checkpoint saved that way, the forced validation is not counted (its value
+still counts for the best, as fairseq keeps the checkpoint it picked).
 """
 
 import argparse
@@ -122,7 +129,18 @@ def early_stop_state() -> typing.Optional[dict]:
     return {"best": function.best, "num_runs": function.num_runs}
 
 
-def restore_early_stop(extra_state: typing.Optional[dict]) -> None:
+def validated_by_a_stop(extra_state: dict, num_updates: int, save_interval_updates: int = 0,
+                        validate_interval_updates: int = 0) -> bool:
+    """Whether a checkpoint was saved in mid-epoch off the update schedule, i.e. by a stop whose
+    validation was forced (a finished epoch's iterator state points at the next epoch's start)."""
+    iterator = extra_state.get("train_iterator") or {}
+    if not iterator.get("iterations_in_epoch"):
+        return False
+    scheduled = [i for i in (save_interval_updates, validate_interval_updates) if i and num_updates % i == 0]
+    return not scheduled
+
+
+def restore_early_stop(extra_state: typing.Optional[dict], validated_by_stop: bool = False) -> None:
     function = _early_stop_function()
     if function is None or not extra_state:
         return
@@ -131,7 +149,7 @@ def restore_early_stop(extra_state: typing.Optional[dict]) -> None:
         state = {"best": extra_state["best"], "num_runs": 0}
     if state is not None:
         function.best = state["best"]
-        function.num_runs = state["num_runs"]
+        function.num_runs = state["num_runs"] - 1 if validated_by_stop and state["num_runs"] > 0 else state["num_runs"]
 
 
 def keep_early_stopping_on_resume() -> None:
@@ -150,8 +168,10 @@ def keep_early_stopping_on_resume() -> None:
     def load_checkpoint(self, filename, reset_optimizer=False, reset_lr_scheduler=False, optimizer_overrides=None,
                         reset_meters=False):
         extra_state = load(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
-        if not reset_optimizer and not reset_meters:
-            restore_early_stop(extra_state)
+        if not reset_optimizer and not reset_meters and extra_state is not None:
+            forced = validated_by_a_stop(extra_state, self.get_num_updates(), self.cfg.checkpoint.save_interval_updates,
+                                         self.cfg.dataset.validate_interval_updates)
+            restore_early_stop(extra_state, validated_by_stop=forced)
         return extra_state
 
     save_checkpoint.keeps_early_stop = True

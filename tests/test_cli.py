@@ -159,23 +159,47 @@ train.cli_main()
 """
 
 
-def test_patience_counts_across_a_resume(data_bin, tmp_path):
+def train_with_scripted_validation(data_bin, tmp_path, save_dir, *limits):
+    """Train under --patience 3 until a limit; returns (last finished epoch, best, iterator state)."""
     script = tmp_path / "scripted.py"
     script.write_text(SCRIPTED_VALIDATION)
+    run([sys.executable, str(script), data_bin, "--user-dir", "searnn_fairseq", "--task", "translation",
+         *ARCH_FLAGS["searnn_gru"], "--criterion", "searnn_mle", "--optimizer", "adam", "--lr", "0.005",
+         "--batch-size", "32", *limits, "--patience", "3", "--save-dir", save_dir,
+         "--cpu", "--num-workers", "0", "--no-epoch-checkpoints"])
+    extra = torch.load(os.path.join(save_dir, "checkpoint_last.pt"), weights_only=False)["extra_state"]
+    iterator = extra["train_iterator"]
+    return iterator["epoch"] - 1, extra["best"], iterator["iterations_in_epoch"]  # a finished epoch points at the next
 
+
+def test_patience_counts_across_a_resume(data_bin, tmp_path):
     def train_until(save_dir, max_epoch):
-        run([sys.executable, str(script), data_bin, "--user-dir", "searnn_fairseq", "--task", "translation",
-             *ARCH_FLAGS["searnn_gru"], "--criterion", "searnn_mle", "--optimizer", "adam", "--lr", "0.005",
-             "--batch-size", "32", "--max-epoch", str(max_epoch), "--patience", "3", "--save-dir", save_dir,
-             "--cpu", "--num-workers", "0", "--no-epoch-checkpoints"])
-        extra = torch.load(os.path.join(save_dir, "checkpoint_last.pt"), weights_only=False)["extra_state"]
-        assert extra["train_iterator"]["iterations_in_epoch"] == 0
-        return extra["train_iterator"]["epoch"] - 1, extra["best"]  # a finished epoch's state points at the next
+        return train_with_scripted_validation(data_bin, tmp_path, save_dir, "--max-epoch", str(max_epoch))
 
-    assert train_until(str(tmp_path / "straight"), 8) == (5, 0.4)
+    assert train_until(str(tmp_path / "straight"), 8) == (5, 0.4, 0)
     split = str(tmp_path / "split")
-    assert train_until(split, 3) == (3, 0.4)  # interrupted one epoch after the best, resumed with the same rule
-    assert train_until(split, 8) == (5, 0.4)  # fairseq alone trains on to epoch 7
+    assert train_until(split, 3) == (3, 0.4, 0)  # interrupted one epoch after the best, resumed with the same rule
+    assert train_until(split, 8) == (5, 0.4, 0)  # fairseq alone trains on to epoch 7
+
+
+def test_the_validation_a_mid_epoch_stop_forces_does_not_count_for_patience(data_bin, tmp_path):
+    # 96 sentences in batches of 32: 3 updates per epoch, so update 10 is the first of epoch 4.
+    # The stop validates epoch 4 there (0.46, not better than 0.4): counted, the resumed run
+    # would stop at the end of epoch 4 instead of 5 like the uninterrupted one.
+    save_dir = str(tmp_path / "capped")
+    assert train_with_scripted_validation(data_bin, tmp_path, save_dir, "--max-epoch", "8", "--max-update", "10") == (3, 0.4, 1)
+    assert train_with_scripted_validation(data_bin, tmp_path, save_dir, "--max-epoch", "8") == (5, 0.4, 0)
+
+
+def test_only_a_checkpoint_saved_off_schedule_in_mid_epoch_was_validated_by_a_stop():
+    from searnn_fairseq import compat
+
+    mid_epoch = {"train_iterator": {"epoch": 4, "iterations_in_epoch": 1}}
+    assert compat.validated_by_a_stop(mid_epoch, num_updates=10)
+    assert not compat.validated_by_a_stop({"train_iterator": {"epoch": 5, "iterations_in_epoch": 0}}, num_updates=12)
+    assert not compat.validated_by_a_stop(mid_epoch, num_updates=10, save_interval_updates=5)
+    assert not compat.validated_by_a_stop(mid_epoch, num_updates=10, validate_interval_updates=2)
+    assert compat.validated_by_a_stop(mid_epoch, num_updates=10, save_interval_updates=4)
 
 
 def test_a_checkpoint_saved_without_the_early_stop_state_restores_its_best_value():
@@ -190,6 +214,10 @@ def test_a_checkpoint_saved_without_the_early_stop_state_restores_its_best_value
         compat.restore_early_stop({"best": 0.25, compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 2}})
         assert (function.best, function.num_runs) == (0.2, 2)
         assert compat.early_stop_state() == {"best": 0.2, "num_runs": 2}
+        compat.restore_early_stop({compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 2}}, validated_by_stop=True)
+        assert (function.best, function.num_runs) == (0.2, 1)  # the stop's validation is not counted
+        compat.restore_early_stop({compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 0}}, validated_by_stop=True)
+        assert (function.best, function.num_runs) == (0.2, 0)  # ... nor uncounted when it found the best
     finally:
         for name in ("best", "num_runs"):
             if hasattr(function, name):
