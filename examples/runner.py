@@ -352,6 +352,14 @@ def format_table(table: Dict[str, dict], metric: str, order: Optional[List[str]]
     return "\n".join(lines)
 
 
+def plot_results(experiment: Experiment, rows: List[dict], title: str, configs: Optional[List[str]] = None) -> str:
+    """Draw a results file's validation curves beside it (with the task's MLE runs if the file is
+    not the task's own) and return the plot's path."""
+    path = os.path.splitext(experiment.results)[0] + "_validation.png"
+    plot_curves(rows + baseline_rows(experiment), path, title, configs)
+    return path
+
+
 def plot_curves(rows: List[dict], path: str, title: str, configs: Optional[List[str]] = None) -> None:
     """Validation cost against updates and against wall time, one line per run."""
     import matplotlib

@@ -86,8 +86,8 @@ def report(args) -> None:
     if any(r["group"] == "table2" for r in rows):
         print("\nTable 2 (OCR, 5 tokens per cell)\n" + runner.format_table(runner.summary(rows, "table2"), "Hamming", [c for c, _ in TABLE2]))
     if rows:
-        plot = os.path.splitext(results.results)[0] + "_validation.png"
-        runner.plot_curves(rows, plot, "OCR: validation Hamming error per word", configs=[c for c, _ in TABLE1_MAIN])
+        plot = runner.plot_results(results, rows, "OCR: validation Hamming error per word",
+                                   configs=[c for c, _ in TABLE1_MAIN])
         print(f"\nplot: {plot}")
 
 

@@ -72,8 +72,7 @@ def main():
     if any(r["group"] == "table2" for r in rows):
         print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
     if rows:
-        plot = os.path.splitext(experiment.results)[0] + "_validation.png"
-        runner.plot_curves(rows + runner.baseline_rows(experiment), plot, f"{task}: validation edit error")
+        runner.plot_results(experiment, rows, f"{task}: validation edit error")
 
 
 if __name__ == "__main__":
