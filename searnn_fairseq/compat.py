@@ -33,6 +33,11 @@ counts that validation as one of its epochs: resumed under a higher cap, the
 run stops one epoch earlier than the same run uninterrupted. On restoring a
 checkpoint saved that way, the forced validation is not counted (its value
 still counts for the best, as fairseq keeps the checkpoint it picked).
+
+5. A run its stopping rule already finished. fairseq checks ``--patience`` only after a
+validation, so such a run, resumed (say under a higher ``--stop-time-hours``), trains one
+more epoch before it stops again. When the restored state has already run out of patience,
+fairseq-train now stops before training.
 """
 
 import argparse
@@ -179,7 +184,32 @@ def keep_early_stopping_on_resume() -> None:
     Trainer.load_checkpoint = load_checkpoint
 
 
+def out_of_patience(patience: int) -> bool:
+    """Whether the restored early-stopping state had already stopped the run under ``patience``."""
+    function = _early_stop_function()
+    return patience > 0 and getattr(function, "num_runs", 0) >= patience
+
+
+def stop_a_finished_run_before_training() -> None:
+    train_module = sys.modules.get("fairseq_cli.train")
+    if train_module is None or getattr(train_module.train, "stops_a_finished_run", False):
+        return
+    train_one_epoch = train_module.train
+
+    def train(cfg, trainer, task, epoch_itr):
+        if out_of_patience(cfg.checkpoint.patience):
+            train_module.logger.info(
+                f"early stop: the restored run had already gone {cfg.checkpoint.patience} validations "
+                f"without improving on {train_module.should_stop_early.best} (--patience)")
+            return [train_module.should_stop_early.best], True
+        return train_one_epoch(cfg, trainer, task, epoch_itr)
+
+    train.stops_a_finished_run = True
+    train_module.train = train
+
+
 def apply() -> None:
     register_safe_globals()
     keep_last_batch()
     keep_early_stopping_on_resume()
+    stop_a_finished_run_before_training()

@@ -182,6 +182,13 @@ def test_patience_counts_across_a_resume(data_bin, tmp_path):
     assert train_until(split, 8) == (5, 0.4, 0)  # fairseq alone trains on to epoch 7
 
 
+def test_a_run_its_stopping_rule_finished_does_not_train_on_when_resumed(data_bin, tmp_path):
+    save_dir = str(tmp_path / "finished")
+    assert train_with_scripted_validation(data_bin, tmp_path, save_dir, "--max-epoch", "8") == (5, 0.4, 0)
+    # Resumed under another limit: fairseq alone trains epoch 6 before patience is checked again.
+    assert train_with_scripted_validation(data_bin, tmp_path, save_dir, "--max-epoch", "9") == (5, 0.4, 0)
+
+
 def test_the_validation_a_mid_epoch_stop_forces_does_not_count_for_patience(data_bin, tmp_path):
     # 96 sentences in batches of 32: 3 updates per epoch, so update 10 is the first of epoch 4.
     # The stop validates epoch 4 there (0.46, not better than 0.4): counted, the resumed run
@@ -214,6 +221,8 @@ def test_a_checkpoint_saved_without_the_early_stop_state_restores_its_best_value
         compat.restore_early_stop({"best": 0.25, compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 2}})
         assert (function.best, function.num_runs) == (0.2, 2)
         assert compat.early_stop_state() == {"best": 0.2, "num_runs": 2}
+        assert not compat.out_of_patience(3) and compat.out_of_patience(2)
+        assert not compat.out_of_patience(0)  # --patience 0 (the default) never stops early
         compat.restore_early_stop({compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 2}}, validated_by_stop=True)
         assert (function.best, function.num_runs) == (0.2, 1)  # the stop's validation is not counted
         compat.restore_early_stop({compat.EARLY_STOP_KEY: {"best": 0.2, "num_runs": 0}}, validated_by_stop=True)
