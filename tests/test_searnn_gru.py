@@ -244,6 +244,33 @@ def test_attention_equals_the_textbook_formula_with_gradients():
     assert weights[0, 4:].eq(0).all()  # row 0 reads source 1, padded after 4 positions
 
 
+def test_grad_free_attention_in_row_slices_equals_one_pass(monkeypatch):
+    """Roll-outs (no gradient) compute the energy a slice of rows at a time; the result must
+    not depend on it. A call that needs gradients keeps one pass."""
+    from searnn_fairseq.models.searnn_gru import AdditiveAttention
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(query_dim=5, key_dim=4, attention_dim=3)
+    encoder_outs = torch.randn(7, 3, 4)  # S x B x C
+    padding_mask = torch.zeros(3, 7, dtype=torch.bool)
+    padding_mask[2, 5:] = True
+    source_index = torch.randint(0, 3, (50,))
+    query = torch.randn(50, 5)
+    keys, values = attention.project_keys(encoder_outs), encoder_outs.transpose(0, 1)
+    passes = []
+    attention.score_proj.register_forward_hook(lambda module, args, out: passes.append(out.size(0)))
+
+    with torch.no_grad():
+        whole = attention(query, keys, values, padding_mask, source_index)
+        monkeypatch.setattr(AdditiveAttention, "ENERGY_ELEMENTS_PER_SLICE", 7 * 3 * 8)  # 8 rows a slice
+        sliced = attention(query, keys, values, padding_mask, source_index)
+    for got, expected in zip(sliced, whole):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert passes == [50] + [8] * 6 + [2]
+    attention(query.requires_grad_(), keys, values, padding_mask, source_index)
+    assert passes[-1] == 50
+
+
 @pytest.mark.parametrize("dense", [False, True], ids=["tokens", "dense"])
 def test_left_and_right_padded_sources_give_the_same_logits(dense):
     # Token sources: the padding side is read off the batch, so one model (built for

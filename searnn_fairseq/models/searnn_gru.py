@@ -275,6 +275,24 @@ class AdditiveAttention(nn.Module):
         it costs more than the GRU step itself."""
         return self.key_proj(encoder_outs.transpose(0, 1))
 
+    # Rows per slice of the R x S x A energy when nothing needs its gradient: about 1 MB, so
+    # that a roll-out step's 10^4-10^5 rows reuse one cached buffer instead of allocating and
+    # page-faulting a fresh 100 MB tensor for each of the gather, add and tanh.
+    ENERGY_ELEMENTS_PER_SLICE = 2 ** 18
+
+    def scores(self, projected_query: Tensor, keys: Tensor, source_index: Tensor) -> Tensor:
+        """v . tanh(W h + U e_s) for each row and source position (R x S)."""
+        rows = source_index.size(0)
+        slice_rows = max(1, self.ENERGY_ELEMENTS_PER_SLICE // (keys.size(1) * keys.size(2)))
+        if rows <= slice_rows or (torch.is_grad_enabled() and (projected_query.requires_grad or keys.requires_grad)):
+            slice_rows = rows
+        slices = []
+        for start in range(0, rows, slice_rows):
+            energy = keys.index_select(0, source_index[start:start + slice_rows])
+            energy += projected_query[start:start + slice_rows].unsqueeze(1)
+            slices.append(self.score_proj(energy.tanh_()).squeeze(2))
+        return slices[0] if len(slices) == 1 else torch.cat(slices)
+
     def forward(
         self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Tensor, source_index: Tensor
     ) -> Tuple[Tensor, Tensor]:
@@ -282,9 +300,7 @@ class AdditiveAttention(nn.Module):
         padding_mask: B x S, one per source; source_index: R, each row's source.
         Returns the context (R x C) and the attention weights (R x S)."""
         rows, src_len = source_index.size(0), keys.size(1)
-        energy = keys.index_select(0, source_index)
-        energy += self.query_proj(query).unsqueeze(1)
-        scores = self.score_proj(energy.tanh_()).squeeze(2)
+        scores = self.scores(self.query_proj(query), keys, source_index)
         scores = scores.masked_fill(padding_mask.index_select(0, source_index), float("-inf"))
         weights = F.softmax(scores, dim=1)
         # sum_s a_s e_s as one weighted bag per row: reads each row's values in
