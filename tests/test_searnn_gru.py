@@ -269,6 +269,8 @@ def test_grad_free_attention_in_row_slices_equals_one_pass(monkeypatch):
     assert passes == [50] + [8] * 6 + [2]
     attention(query.requires_grad_(), keys, values, padding_mask, source_index)
     assert passes[-1] == 50
+    with torch.no_grad():  # a step with no rows left, as one pass did before slicing
+        assert attention.scores(attention.query_proj(query[:0]), keys, source_index[:0]).shape == (0, 7)
 
 
 @pytest.mark.parametrize("dense", [False, True], ids=["tokens", "dense"])

@@ -284,14 +284,19 @@ class AdditiveAttention(nn.Module):
         """v . tanh(W h + U e_s) for each row and source position (R x S)."""
         rows = source_index.size(0)
         slice_rows = max(1, self.ENERGY_ELEMENTS_PER_SLICE // (keys.size(1) * keys.size(2)))
-        if rows <= slice_rows or (torch.is_grad_enabled() and (projected_query.requires_grad or keys.requires_grad)):
-            slice_rows = rows
-        slices = []
-        for start in range(0, rows, slice_rows):
-            energy = keys.index_select(0, source_index[start:start + slice_rows])
-            energy += projected_query[start:start + slice_rows].unsqueeze(1)
-            slices.append(self.score_proj(energy.tanh_()).squeeze(2))
-        return slices[0] if len(slices) == 1 else torch.cat(slices)
+        needs_grad = torch.is_grad_enabled() and (projected_query.requires_grad or keys.requires_grad)
+        if rows <= slice_rows or needs_grad:
+            return self._scores_in_one_pass(projected_query, keys, source_index)
+        return torch.cat([
+            self._scores_in_one_pass(projected_query[start:start + slice_rows], keys,
+                                     source_index[start:start + slice_rows])
+            for start in range(0, rows, slice_rows)
+        ])
+
+    def _scores_in_one_pass(self, projected_query: Tensor, keys: Tensor, source_index: Tensor) -> Tensor:
+        energy = keys.index_select(0, source_index)
+        energy += projected_query.unsqueeze(1)
+        return self.score_proj(energy.tanh_()).squeeze(2)
 
     def forward(
         self, query: Tensor, keys: Tensor, values: Tensor, padding_mask: Tensor, source_index: Tensor
