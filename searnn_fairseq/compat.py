@@ -38,12 +38,19 @@ still counts for the best, as fairseq keeps the checkpoint it picked).
 validation, so such a run, resumed (say under a higher ``--stop-time-hours``), trains one
 more epoch before it stops again. When the restored state has already run out of patience,
 fairseq-train now stops before training.
+
+6. The clock of a warm start. fairseq restores the checkpoint's cumulative training time
+even under ``--reset-meters``, so a run warm-started from another run's checkpoint
+(``--restore-file ... --reset-optimizer --reset-dataloader --reset-meters``) counts the
+source run's hours against its own ``--stop-time-hours``. With ``--reset-meters`` the
+clock now starts at zero, like the other meters.
 """
 
 import argparse
 import collections
 import enum
 import sys
+import time
 import typing
 
 import torch
@@ -173,6 +180,9 @@ def keep_early_stopping_on_resume() -> None:
     def load_checkpoint(self, filename, reset_optimizer=False, reset_lr_scheduler=False, optimizer_overrides=None,
                         reset_meters=False):
         extra_state = load(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
+        if reset_meters:
+            self._previous_training_time = 0
+            self._start_time = time.time()
         if not reset_optimizer and not reset_meters and extra_state is not None:
             forced = validated_by_a_stop(extra_state, self.get_num_updates(), self.cfg.checkpoint.save_interval_updates,
                                          self.cfg.dataset.validate_interval_updates)

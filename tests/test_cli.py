@@ -189,6 +189,22 @@ def test_a_run_its_stopping_rule_finished_does_not_train_on_when_resumed(data_bi
     assert train_with_scripted_validation(data_bin, tmp_path, save_dir, "--max-epoch", "9") == (5, 0.4, 0)
 
 
+def test_a_warm_start_with_reset_meters_does_not_count_the_source_runs_training_time(data_bin, tmp_path):
+    source = str(tmp_path / "source")
+    train(data_bin, source, "searnn_gru", 2)
+    checkpoint = os.path.join(source, "checkpoint_last.pt")
+    state = torch.load(checkpoint, weights_only=False)
+    state["extra_state"]["previous_training_time"] = 10 * 3600.0  # a source run that trained 10 hours
+    torch.save(state, checkpoint)
+    warm = str(tmp_path / "warm")
+    # fairseq alone stops after the first update: 10 h > --stop-time-hours 1.
+    train(data_bin, warm, "searnn_gru", 12, extra=["--restore-file", checkpoint, "--reset-optimizer",
+                                                  "--reset-dataloader", "--reset-meters", "--stop-time-hours", "1"])
+    extra = torch.load(os.path.join(warm, "checkpoint_last.pt"), weights_only=False)["extra_state"]
+    assert extra["train_iterator"]["epoch"] == 3  # 96 sentences in batches of 16: update 12 ends epoch 2
+    assert extra["previous_training_time"] < 3600
+
+
 def test_the_validation_a_mid_epoch_stop_forces_does_not_count_for_patience(data_bin, tmp_path):
     # 96 sentences in batches of 32: 3 updates per epoch, so update 10 is the first of epoch 4.
     # The stop validates epoch 4 there (0.46, not better than 0.4): counted, the resumed run
