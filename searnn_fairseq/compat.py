@@ -164,10 +164,10 @@ def restore_early_stop(extra_state: typing.Optional[dict], validated_by_stop: bo
         function.num_runs = state["num_runs"] - 1 if validated_by_stop and state["num_runs"] > 0 else state["num_runs"]
 
 
-def keep_early_stopping_on_resume() -> None:
+def keep_run_state_across_checkpoints() -> None:
     from fairseq.trainer import Trainer
 
-    if getattr(Trainer.save_checkpoint, "keeps_early_stop", False):
+    if getattr(Trainer.save_checkpoint, "keeps_run_state", False):
         return
     save, load = Trainer.save_checkpoint, Trainer.load_checkpoint
 
@@ -189,7 +189,7 @@ def keep_early_stopping_on_resume() -> None:
             restore_early_stop(extra_state, validated_by_stop=forced)
         return extra_state
 
-    save_checkpoint.keeps_early_stop = True
+    save_checkpoint.keeps_run_state = True
     Trainer.save_checkpoint = save_checkpoint
     Trainer.load_checkpoint = load_checkpoint
 
@@ -221,5 +221,5 @@ def stop_a_finished_run_before_training() -> None:
 def apply() -> None:
     register_safe_globals()
     keep_last_batch()
-    keep_early_stopping_on_resume()
+    keep_run_state_across_checkpoints()
     stop_a_finished_run_before_training()
