@@ -106,7 +106,10 @@ def _padded(sequences: List[List[int]]):
 
 def edit_errors(hypotheses: List[List[str]], references: List[List[str]]) -> int:
     symbols: Dict[str, int] = {}
-    ids = lambda seq: [symbols.setdefault(s, len(symbols)) for s in seq]  # noqa: E731
+
+    def ids(sequence: List[str]) -> List[int]:
+        return [symbols.setdefault(symbol, len(symbols)) for symbol in sequence]
+
     hyps, hyp_lens = _padded([ids(h) for h in hypotheses])
     refs, ref_lens = _padded([ids(r) for r in references])
     return int(levenshtein(hyps, hyp_lens, refs, ref_lens).sum())
