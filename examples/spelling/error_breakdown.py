@@ -25,11 +25,9 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from searnn_fairseq.costs import levenshtein  # noqa: E402
+from searnn_fairseq.scoring import EditScorer  # noqa: E402
 
 PRINTED_SCORE = re.compile(r"EDIT = [\d.]+ \((\d+) errors / (\d+) reference tokens")
 
@@ -47,24 +45,28 @@ class Breakdown:
 
     @property
     def edit_error(self) -> float:
-        return 100.0 * self.edit_errors / max(self.reference_tokens, 1)
+        return _percent(self.edit_errors, self.reference_tokens)
 
     @property
     def wrong_length_rate(self) -> float:
-        return 100.0 * self.wrong_length / max(self.sentences, 1)
+        return _percent(self.wrong_length, self.sentences)
 
     @property
     def missed_rate(self) -> float:
-        return 100.0 * self.missed / max(self.corrupted, 1)
+        return _percent(self.missed, self.corrupted)
 
     @property
     def broken_rate(self) -> float:
-        return 100.0 * self.broken / max(self.clean, 1)
+        return _percent(self.broken, self.clean)
 
     @property
     def broken_share(self) -> float:
         """Of the wrong characters (in outputs of the reference's length), those that were clean."""
-        return 100.0 * self.broken / max(self.missed + self.broken, 1)
+        return _percent(self.broken, self.missed + self.broken)
+
+
+def _percent(part: int, whole: int) -> float:
+    return 100.0 * part / max(whole, 1)
 
 
 def read_generate_log(path: str) -> Dict[str, Dict[str, List[str]]]:
@@ -96,23 +98,12 @@ def printed_errors(path: str):
     return None
 
 
-def _padded(sequences: List[List[int]]):
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    padded = torch.full((len(sequences), max(1, int(lengths.max()))), -1, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        padded[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return padded, lengths
-
-
 def edit_errors(hypotheses: List[List[str]], references: List[List[str]]) -> int:
-    symbols: Dict[str, int] = {}
-
-    def ids(sequence: List[str]) -> List[int]:
-        return [symbols.setdefault(symbol, len(symbols)) for symbol in sequence]
-
-    hyps, hyp_lens = _padded([ids(h) for h in hypotheses])
-    refs, ref_lens = _padded([ids(r) for r in references])
-    return int(levenshtein(hyps, hyp_lens, refs, ref_lens).sum())
+    """Total edit errors, counted by the scorer behind fairseq-generate's ``--scoring edit``."""
+    scorer = EditScorer()
+    for hypothesis, reference in zip(hypotheses, references):
+        scorer.add_string(" ".join(reference), " ".join(hypothesis))
+    return scorer.errors
 
 
 def breakdown(sentences: Dict[str, Dict[str, List[str]]]) -> Breakdown:
