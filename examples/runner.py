@@ -121,8 +121,16 @@ def generate_command(experiment: Experiment, save_dir: str) -> List[str]:
 
 
 # What an unfinished run needs to go on elsewhere: its last checkpoint (model, optimizer,
-# early-stopping and training-time state) and its log (the validation curve so far).
-SNAPSHOT_FILES = ("checkpoint_last.pt", "train.log")
+# early-stopping and training-time state), its best one (fairseq writes checkpoint_best.pt only on a
+# new best, so a run snapshotted after a worse epoch would otherwise end without one to test), and
+# its log (the validation curve so far).
+SNAPSHOT_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "train.log")
+
+
+def copy_snapshot_files(source: str, target: str) -> None:
+    for name in SNAPSHOT_FILES:
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copy2(os.path.join(source, name), os.path.join(target, name))
 
 
 def snapshot_dir(experiment: Experiment, run: Run) -> str:
@@ -131,7 +139,7 @@ def snapshot_dir(experiment: Experiment, run: Run) -> str:
 
 
 def save_snapshots(experiment: Experiment, runs: List[Run], log=print) -> None:
-    """Copy every unrecorded run's checkpoint_last.pt and train.log beside the results file."""
+    """Copy every unrecorded run's checkpoints and train.log beside the results file."""
     done = recorded(experiment)
     for run in runs:
         save_dir = os.path.join(experiment.work_dir, run.name)
@@ -139,8 +147,7 @@ def save_snapshots(experiment: Experiment, runs: List[Run], log=print) -> None:
             continue
         target = snapshot_dir(experiment, run)
         os.makedirs(target, exist_ok=True)
-        for name in SNAPSHOT_FILES:
-            shutil.copy2(os.path.join(save_dir, name), os.path.join(target, name))
+        copy_snapshot_files(save_dir, target)
         log(f"[{experiment.task}] {run.name}: snapshot in {target}")
 
 
@@ -149,8 +156,7 @@ def restore_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print)
     source = snapshot_dir(experiment, run)
     if os.path.exists(os.path.join(save_dir, SNAPSHOT_FILES[0])) or not os.path.exists(os.path.join(source, SNAPSHOT_FILES[0])):
         return
-    for name in SNAPSHOT_FILES:
-        shutil.copy2(os.path.join(source, name), os.path.join(save_dir, name))
+    copy_snapshot_files(source, save_dir)
     log(f"[{experiment.task}] {run.name}: resuming from the snapshot in {source}")
 
 

@@ -106,6 +106,8 @@ def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
         (tmp_path / "here" / r.name).mkdir(parents=True)
         (tmp_path / "here" / r.name / "checkpoint_last.pt").write_bytes(b"state of " + r.name.encode())
         (tmp_path / "here" / r.name / "train.log").write_text("log of " + r.name)
+    # the best epoch is not the last: the snapshot must carry both checkpoints
+    (tmp_path / "here" / run.name / "checkpoint_best.pt").write_bytes(b"best of " + run.name.encode())
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "t.jsonl").write_text(
         '{"run": "%s", "train_command": "x %s y"}\n' % (finished.name, finished.signature(trained)))
@@ -119,6 +121,7 @@ def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
     save_dir.mkdir(parents=True)
     runner.restore_snapshot(elsewhere, run, str(save_dir), log=lambda *_: None)
     assert (save_dir / "checkpoint_last.pt").read_bytes() == b"state of " + run.name.encode()
+    assert (save_dir / "checkpoint_best.pt").read_bytes() == b"best of " + run.name.encode()
     assert (save_dir / "train.log").read_text() == "log of " + run.name
     # a machine that has its own, newer checkpoint keeps it
     (save_dir / "checkpoint_last.pt").write_bytes(b"newer")
