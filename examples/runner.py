@@ -121,16 +121,18 @@ def generate_command(experiment: Experiment, save_dir: str) -> List[str]:
 
 
 # What an unfinished run needs to go on elsewhere: its last checkpoint (model, optimizer,
-# early-stopping and training-time state), its best one (fairseq writes checkpoint_best.pt only on a
-# new best, so a run snapshotted after a worse epoch would otherwise end without one to test), and
-# its log (the validation curve so far).
-SNAPSHOT_FILES = ("checkpoint_last.pt", "checkpoint_best.pt", "train.log")
+# early-stopping and training-time state) and its log (the validation curve so far).
+SNAPSHOT_FILES = ("checkpoint_last.pt", "train.log")
+# fairseq writes checkpoint_best.pt only on a new best, so a run snapshotted after a worse epoch
+# needs its best one too, or it may end with none to test. Optional: older snapshots lack it.
+BEST_CHECKPOINT = "checkpoint_best.pt"
 
 
 def copy_snapshot_files(source: str, target: str) -> None:
     for name in SNAPSHOT_FILES:
-        if os.path.exists(os.path.join(source, name)):
-            shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+        shutil.copy2(os.path.join(source, name), os.path.join(target, name))
+    if os.path.exists(os.path.join(source, BEST_CHECKPOINT)):
+        shutil.copy2(os.path.join(source, BEST_CHECKPOINT), os.path.join(target, BEST_CHECKPOINT))
 
 
 def snapshot_dir(experiment: Experiment, run: Run) -> str:
