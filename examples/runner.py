@@ -57,9 +57,14 @@ class Experiment:
     # committed with the code (examples/results/TASK.jsonl), so a later session resumes the grid
     results: str = ""
     device: str = "cpu"  # "cuda": fairseq's own default device, the GPU
+    # this invocation trains for at most this many hours from its start (0: no limit); not part of
+    # a run's identity: a run stopped by it is resumed by the next invocation, not recorded
+    session_hours: float = 0.0
+    session_end: float = field(init=False, default=0.0)  # time.time() at which the session ends
 
     def __post_init__(self):
         self.results = self.results or default_results(self.task)
+        self.session_end = time.time() + self.session_hours * 3600 if self.session_hours > 0 else 0.0
 
 
 def default_results(task: str) -> str:
@@ -162,7 +167,46 @@ def restore_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print)
     log(f"[{experiment.task}] {run.name}: resuming from the snapshot in {source}")
 
 
-def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
+def trained_hours(save_dir: str) -> float:
+    """The training time a run's last checkpoint has accumulated over all its sessions (fairseq's
+    own count, the one ``--stop-time-hours`` is compared with)."""
+    path = os.path.join(save_dir, SNAPSHOT_FILES[0])
+    if not os.path.exists(path):
+        return 0.0
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["extra_state"].get("previous_training_time", 0.0) / 3600
+
+
+def own_cap(common: List[str]) -> float:
+    """The run's own ``--stop-time-hours`` (0: none)."""
+    return float(common[common.index("--stop-time-hours") + 1]) if "--stop-time-hours" in common else 0.0
+
+
+def session_left(experiment: Experiment) -> float:
+    """Hours left of this invocation's session (infinite without one)."""
+    return (experiment.session_end - time.time()) / 3600 if experiment.session_end else math.inf
+
+
+# a run is not started with less session left than this: its start-up alone would take most of it
+MIN_SESSION_HOURS = 2 / 60
+
+
+def session_cap(experiment: Experiment, save_dir: str) -> float:
+    """The --stop-time-hours that ends this session's share of a run (0: none needed): its
+    accumulated time plus what is left of the session, unless the run's own cap comes first.
+    fairseq then stops gracefully, mid-epoch if need be, with a checkpoint the next invocation
+    resumes. Runs that start late in the session (after others, ``--jobs`` at a time) get less."""
+    left = session_left(experiment)
+    if math.isinf(left):
+        return 0.0
+    cap = trained_hours(save_dir) + left
+    own = own_cap(experiment.common)
+    return 0.0 if own and own <= cap else cap
+
+
+def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Optional[dict]:
     save_dir = os.path.join(experiment.work_dir, run.name)
     os.makedirs(save_dir, exist_ok=True)
     restore_snapshot(experiment, run, save_dir, log)
@@ -171,10 +215,20 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> dict:
     signature = run.signature(experiment)
     if finished_training(save_dir, signature):
         log(f"[{experiment.task}] {run.name}: training already finished")
+    elif session_left(experiment) < MIN_SESSION_HOURS:
+        log(f"[{experiment.task}] {run.name}: not started, the session is over; the next invocation trains it")
+        return None
     else:
         log(f"[{experiment.task}] {run.name}: training (log: {train_log})")
+        cap = session_cap(experiment, save_dir)
+        session = ["--stop-time-hours", f"{cap:.6g}"] if cap else []  # the last one given is fairseq's
         with open(train_log, "a") as out:
-            subprocess.run(command, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT, check=True)
+            subprocess.run(command + session, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT,
+                           check=True)
+        if cap and trained_hours(save_dir) >= cap:
+            log(f"[{experiment.task}] {run.name}: stopped for this session after {trained_hours(save_dir):.2f} h of "
+                "training in all; the next invocation resumes it")
+            return None
         with open(os.path.join(save_dir, FINISHED), "w") as f:
             f.write(signature + "\n")
     curve = validation_curve(train_log)
@@ -413,6 +467,11 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                         help="cap each run's training time (fairseq's flag; a capped run is a different run: "
                              "record it apart with --results)")
     parser.add_argument("--results", help="results file (default: examples/results/TASK.jsonl)")
+    parser.add_argument("--session-hours", type=float, default=0,
+                        help="end this invocation's training this many hours after its start: each run "
+                             "stops then (mid-epoch if need be) with a checkpoint that the next invocation "
+                             "resumes, and no run starts later; unlike --stop-time-hours it does not change "
+                             "the runs (e.g. to fit a lent GPU's minutes or a session's end)")
     parser.add_argument("--snapshot", action="store_true",
                         help="train nothing: copy the unfinished runs' checkpoint_last.pt and train.log to "
                              "RESULTS_unfinished/RUN/ (commit them; a later run of the script on any machine "

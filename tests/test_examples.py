@@ -140,3 +140,33 @@ def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, mo
     assert [r["config"] for r in runner.baseline_rows(apart)] == ["MLE"]
     own = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit")
     assert runner.baseline_rows(own) == []
+
+
+def test_a_session_cap_adds_what_is_left_of_the_session_to_the_runs_trained_time_unless_its_own_cap_comes_first(
+        tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save({"extra_state": {"previous_training_time": 5 * 3600.0}}, tmp_path / "checkpoint_last.pt")
+
+    def session(common, session_hours):
+        return runner.Experiment(task="t", data="d", work_dir="w", common=common, scoring="edit",
+                                 session_hours=session_hours)
+
+    def cap(common, session_hours, save_dir=tmp_path):
+        return runner.session_cap(session(common, session_hours), str(save_dir))
+
+    assert runner.trained_hours(str(tmp_path)) == 5.0
+    assert math.isclose(cap(["--max-epoch", "30"], 1.5), 6.5, abs_tol=1e-3)
+    assert math.isclose(cap(runner.capped(["--max-epoch", "30"], 9), 1.5), 6.5, abs_tol=1e-3)  # its own 9 h is further
+    assert cap(runner.capped(["--max-epoch", "30"], 6), 1.5) == 0.0  # its own cap stops it first: a recorded run
+    assert cap(["--max-epoch", "30"], 0) == 0.0
+    assert math.isclose(cap(["--max-epoch", "30"], 1.5, tmp_path / "new-run"), 1.5, abs_tol=1e-3)
+    # a run that starts after another has used 1 h of the session gets what is left
+    late = session(["--max-epoch", "30"], 1.5)
+    late.session_end -= 3600
+    assert math.isclose(runner.session_cap(late, str(tmp_path)), 5.5, abs_tol=1e-3)
+    # and none starts once the session is over
+    late.session_end -= 3600
+    late.work_dir = str(tmp_path / "w")
+    run = runner.Run("LL", 1, ["--criterion", "searnn_ll"])
+    assert runner.run_one(late, run, threads=1, log=lambda *_: None) is None
+    assert not (tmp_path / "w" / run.name / "train.log").exists()

@@ -62,6 +62,7 @@ def main():
     experiment = runner.Experiment(
         task="ocr-main-job", data=data, work_dir=args.work_dir, scoring="hamming",
         results=args.results or os.path.join(args.work_dir, "results.jsonl"), device=args.device,
+        session_hours=args.session_hours,
         common=runner.capped(COMMON, args.stop_time_hours), generate_flags=GENERATE,
     )
     if args.snapshot:

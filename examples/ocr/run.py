@@ -66,7 +66,8 @@ def prepare(data_root: str, work_dir: str) -> str:
 def experiment(args, data: str) -> runner.Experiment:
     return runner.Experiment(task="ocr", data=data, work_dir=args.work_dir,
                              common=runner.capped(COMMON, args.stop_time_hours), scoring="hamming",
-                             generate_flags=GENERATE, results=args.results or "", device=args.device)
+                             generate_flags=GENERATE, results=args.results or "", device=args.device,
+                             session_hours=args.session_hours)
 
 
 def runs(grid: str, seeds):

@@ -59,7 +59,7 @@ def main():
     experiment = runner.Experiment(task=task, data=os.path.join(work_dir, "data"), work_dir=work_dir,
                                    common=runner.capped(common(args.max_epoch), args.stop_time_hours),
                                    scoring="edit", generate_flags=GENERATE, results=args.results or "",
-                                   device=args.device)
+                                   device=args.device, session_hours=args.session_hours)
     chosen = runner.select(runs(args.grid, args.seeds), args.configs)
     if args.snapshot:
         return runner.save_snapshots(experiment, chosen)
