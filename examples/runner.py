@@ -225,8 +225,9 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
         with open(train_log, "a") as out:
             subprocess.run(command + session, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT,
                            check=True)
-        if cap and trained_hours(save_dir) >= cap:
-            log(f"[{experiment.task}] {run.name}: stopped for this session after {trained_hours(save_dir):.2f} h of "
+        trained = trained_hours(save_dir) if cap else 0.0
+        if cap and trained >= cap:
+            log(f"[{experiment.task}] {run.name}: stopped for this session after {trained:.2f} h of "
                 "training in all; the next invocation resumes it")
             return None
         with open(os.path.join(save_dir, FINISHED), "w") as f:

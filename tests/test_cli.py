@@ -151,8 +151,6 @@ def test_two_process_training_keeps_ranks_identical(data_bin, tmp_path):
 
 SCRIPTED_VALIDATION = r"""
 import sys
-import time
-from dataclasses import replace
 from fairseq_cli import train
 
 # Validation cost by epoch: best at 2, then worse: patience 3 stops after epoch 5.
