@@ -145,6 +145,13 @@ def snapshot_dir(experiment: Experiment, run: Run) -> str:
     return os.path.join(os.path.splitext(experiment.results)[0] + "_unfinished", run.name)
 
 
+def save_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print) -> None:
+    target = snapshot_dir(experiment, run)
+    os.makedirs(target, exist_ok=True)
+    copy_snapshot_files(save_dir, target)
+    log(f"[{experiment.task}] {run.name}: snapshot in {target}")
+
+
 def save_snapshots(experiment: Experiment, runs: List[Run], log=print) -> None:
     """Copy every unrecorded run's checkpoints and train.log beside the results file."""
     done = recorded(experiment)
@@ -152,10 +159,7 @@ def save_snapshots(experiment: Experiment, runs: List[Run], log=print) -> None:
         save_dir = os.path.join(experiment.work_dir, run.name)
         if is_recorded(done, experiment, run) or not os.path.exists(os.path.join(save_dir, SNAPSHOT_FILES[0])):
             continue
-        target = snapshot_dir(experiment, run)
-        os.makedirs(target, exist_ok=True)
-        copy_snapshot_files(save_dir, target)
-        log(f"[{experiment.task}] {run.name}: snapshot in {target}")
+        save_snapshot(experiment, run, save_dir, log)
 
 
 def restore_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print) -> None:
@@ -229,6 +233,8 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
         if cap and trained >= cap:
             log(f"[{experiment.task}] {run.name}: stopped for this session after {trained:.2f} h of "
                 "training in all; the next invocation resumes it")
+            # the session's end is when a machine's runs/ is lost: keep the run where a commit carries it
+            save_snapshot(experiment, run, save_dir, log)
             return None
         with open(os.path.join(save_dir, FINISHED), "w") as f:
             f.write(signature + "\n")
@@ -471,7 +477,7 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--session-hours", type=float, default=0,
                         help="end this invocation's training this many hours after its start: each run "
                              "stops then (mid-epoch if need be) with a checkpoint that the next invocation "
-                             "resumes, and no run starts later; unlike --stop-time-hours it does not change "
+                             "resumes, snapshotted as --snapshot does, and no run starts later; unlike --stop-time-hours it does not change "
                              "the runs (e.g. to fit a lent GPU's minutes or a session's end)")
     parser.add_argument("--snapshot", action="store_true",
                         help="train nothing: copy the unfinished runs' checkpoint_last.pt and train.log to "

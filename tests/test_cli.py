@@ -284,9 +284,12 @@ def test_a_run_stopped_by_the_session_limit_is_resumed_by_the_next_invocation_no
     assert not (tmp_path / "t.jsonl").exists() and not (save_dir / runner.FINISHED).exists()
     extra = torch.load(save_dir / "checkpoint_last.pt", weights_only=False)["extra_state"]
     assert (extra["train_iterator"]["epoch"], extra["train_iterator"]["iterations_in_epoch"]) == (1, 1)
+    snapshot = tmp_path / "t_unfinished" / run_.name  # taken at the stop, without --snapshot
+    assert sorted(os.listdir(snapshot)) == ["checkpoint_best.pt", "checkpoint_last.pt", "train.log"]
 
     row = runner.run_one(replace(experiment, session_hours=0), run_, **quiet)
     assert row["updates"] == 12  # 96 sentences in batches of 16, 2 epochs: the first session's update counted once
     assert [p["updates"] for p in row["curve"]] == [1, 6, 12]
     assert "--stop-time-hours" not in row["train_command"]  # the session's stop is not part of the run
     assert runner.recorded(experiment)[run_.name]["test_error"] == row["test_error"]
+    assert not snapshot.exists()  # recorded: nothing left to resume
