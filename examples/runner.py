@@ -256,8 +256,8 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
         "best_valid_cost": min((p["cost"] for p in curve), default=None),
         "updates": curve[-1]["updates"] if curve else 0,
         "wall_s": curve[-1]["wall"] if curve else 0,
-        "train_command": " ".join(shlex.quote(c) for c in command),
-        "generate_command": " ".join(shlex.quote(c) for c in generate),
+        "train_command": portable(command),
+        "generate_command": portable(generate),
         "curve": curve,
     }
     os.makedirs(os.path.dirname(experiment.results), exist_ok=True)
@@ -335,6 +335,41 @@ def select(runs: List[Run], configs: Optional[List[str]]) -> List[Run]:
         raise SystemExit(f"unknown --configs {unknown}; this grid has: {sorted({run.config for run in runs})}")
     wanted = {c.lower() for c in configs}
     return [run for run in runs if run.config.lower() in wanted]
+
+
+def with_extra_flags(runs: List[Run], extra: List[str]) -> List[Run]:
+    """The runs with flags appended (``--extra-flags``): each is a different run, a diagnostic row
+    named after its table row and the flags (e.g. "sLL policy, --clip-norm 5"), so that it is
+    recorded and snapshotted apart from the row it varies."""
+    if not extra:
+        return runs
+    suffix = shlex.join(extra)
+    return [Run(f"{run.config}, {suffix}", run.seed, [*run.flags, *extra], group="diagnostic") for run in runs]
+
+
+def diagnostic_results(task: str) -> str:
+    return os.path.join(REPO, "examples", "results", f"{task}-diagnostics.jsonl")
+
+
+def chosen_runs(args: argparse.Namespace, runs: List[Run]) -> List[Run]:
+    """The runs that ``--configs`` and ``--extra-flags`` pick from a grid."""
+    return with_extra_flags(select(runs, args.configs), shlex.split(args.extra_flags))
+
+
+def results_file(args: argparse.Namespace, task: str) -> str:
+    """``--results``, else the task's diagnostics file for runs with extra flags, else "" (the task's own)."""
+    return args.results or (diagnostic_results(task) if args.extra_flags else "")
+
+
+def portable(command: List[str]) -> str:
+    """A command as it reads from the repository root (where the runner runs it), without this
+    machine's paths, so that a recorded row can be rerun from any clone with fairseq on PATH."""
+    def local(arg: str) -> str:
+        if os.path.dirname(arg) == BIN:
+            return os.path.basename(arg)
+        return os.path.relpath(arg, REPO) if arg.startswith(REPO + os.sep) else arg
+
+    return shlex.join(local(arg) for arg in command)
 
 
 SCORE_LINE = re.compile(r"(HAMMING|EDIT|BLEU)\s*=\s*([0-9.]+)")
@@ -473,6 +508,11 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--stop-time-hours", type=float, default=0,
                         help="cap each run's training time (fairseq's flag; a capped run is a different run: "
                              "record it apart with --results)")
+    parser.add_argument("--extra-flags", default="", metavar="FLAGS",
+                        help='append these fairseq-train flags to every chosen run, e.g. --extra-flags "--clip-norm 5" '
+                             '(one flag alone: --extra-flags=--full-softmax); the runs become diagnostic rows named '
+                             'after them, e.g. "sLL policy, --clip-norm 5", recorded in '
+                             'examples/results/TASK-diagnostics.jsonl unless --results says otherwise')
     parser.add_argument("--results", help="results file (default: examples/results/TASK.jsonl)")
     parser.add_argument("--session-hours", type=float, default=0,
                         help="end this invocation's training this many hours after its start: each run "

@@ -170,3 +170,51 @@ def test_a_session_cap_adds_what_is_left_of_the_session_to_the_runs_trained_time
     run = runner.Run("LL", 1, ["--criterion", "searnn_ll"])
     assert runner.run_one(late, run, threads=1, log=lambda *_: None) is None
     assert not (tmp_path / "w" / run.name / "train.log").exists()
+
+
+def test_extra_flags_make_diagnostic_runs_recorded_apart_and_match_the_recorded_clipping_row():
+    from examples.spelling import run as spelling
+
+    parser = runner.common_arguments("")
+    args = parser.parse_args(["--seeds", "1", "--configs", "sLL policy", "--extra-flags", "--clip-norm 5"])
+    (run,) = runner.chosen_runs(args, spelling.runs("table2", args.seeds))
+    assert (run.config, run.name, run.group) == ("sLL policy, --clip-norm 5", "sll-policy-clip-norm-5-seed1", "diagnostic")
+    assert run.flags[-2:] == ["--clip-norm", "5"]
+    results = runner.results_file(args, "spelling-0.3")
+    assert results == os.path.join(runner.REPO, "examples", "results", "spelling-0.3-diagnostics.jsonl")
+    # the CLI names and flags the run exactly as the committed row trained through the runner as a library
+    committed = runner.Experiment(task="spelling-0.3", data="d", work_dir="w", common=spelling.common(30),
+                                  scoring="edit", results=results)
+    assert runner.is_recorded(runner.recorded(committed), committed, run)
+    # without extra flags: the table's own runs and results file
+    plain = parser.parse_args(["--seeds", "1", "--configs", "sLL policy"])
+    assert runner.chosen_runs(plain, spelling.runs("table2", [1]))[0].name == "sll-policy-seed1"
+    assert runner.results_file(plain, "spelling-0.3") == ""
+    assert parser.parse_args(["--extra-flags=--full-softmax"]).extra_flags == "--full-softmax"
+
+
+def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_name(tmp_path):
+    import subprocess
+
+    save_dir = tmp_path / "work" / "mle-clip-norm-5-seed2"
+    save_dir.mkdir(parents=True)
+    (save_dir / "checkpoint_last.pt").write_bytes(b"state")
+    (save_dir / "train.log").write_text("log")
+    (tmp_path / "work" / "mle-seed2").mkdir()  # the table row itself: not chosen, not snapshotted
+    (tmp_path / "work" / "mle-seed2" / "checkpoint_last.pt").write_bytes(b"other")
+    (tmp_path / "work" / "mle-seed2" / "train.log").write_text("log")
+    subprocess.run([sys.executable, os.path.join(runner.REPO, "examples", "spelling", "run.py"), "--noise", "0.3",
+                    "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "d.jsonl"), "--seeds", "2",
+                    "--configs", "MLE", "--extra-flags", "--clip-norm 5", "--snapshot"], check=True, capture_output=True)
+    snapshot = tmp_path / "d_unfinished"
+    assert [p.name for p in snapshot.iterdir()] == ["mle-clip-norm-5-seed2"]
+    assert (snapshot / "mle-clip-norm-5-seed2" / "checkpoint_last.pt").read_bytes() == b"state"
+
+
+def test_recorded_commands_read_from_the_repository_root_without_this_machines_paths(monkeypatch):
+    monkeypatch.setattr(runner, "REPO", "/clone")
+    monkeypatch.setattr(runner, "BIN", "/clone/.venv/bin")
+    command = ["/clone/.venv/bin/fairseq-train", "/clone/runs/x/data", "--save-dir", "/clone/runs/x/run",
+               "/elsewhere/data", "--user-dir", "searnn_fairseq", "--extra", "a b", "/clonex/y"]
+    assert runner.portable(command) == ("fairseq-train runs/x/data --save-dir runs/x/run /elsewhere/data "
+                                        "--user-dir searnn_fairseq --extra 'a b' /clonex/y")

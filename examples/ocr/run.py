@@ -66,7 +66,7 @@ def prepare(data_root: str, work_dir: str) -> str:
 def experiment(args, data: str) -> runner.Experiment:
     return runner.Experiment(task="ocr", data=data, work_dir=args.work_dir,
                              common=runner.capped(COMMON, args.stop_time_hours), scoring="hamming",
-                             generate_flags=GENERATE, results=args.results or "", device=args.device,
+                             generate_flags=GENERATE, results=runner.results_file(args, "ocr"), device=args.device,
                              session_hours=args.session_hours)
 
 
@@ -83,9 +83,12 @@ def report(args) -> None:
     results = experiment(args, "")
     rows = list(runner.recorded(results).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
-    print("Table 1 (OCR, test Hamming error %)\n" + runner.format_table(runner.summary(rows, "table1"), "Hamming", order))
+    if any(r["group"] == "table1" for r in rows):
+        print("Table 1 (OCR, test Hamming error %)\n" + runner.format_table(runner.summary(rows, "table1"), "Hamming", order))
     if any(r["group"] == "table2" for r in rows):
         print("\nTable 2 (OCR, 5 tokens per cell)\n" + runner.format_table(runner.summary(rows, "table2"), "Hamming", [c for c, _ in TABLE2]))
+    if any(r["group"] == "diagnostic" for r in rows):
+        print("\nDiagnostics (--extra-flags)\n" + runner.format_table(runner.summary(rows, "diagnostic"), "Hamming"))
     if rows:
         plot = runner.plot_results(results, rows, "OCR: validation Hamming error per word",
                                    configs=[c for c, _ in TABLE1_MAIN])
@@ -98,7 +101,7 @@ def main():
     parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = parser.parse_args()
-    chosen = runner.select(runs(args.grid, args.seeds), args.configs)
+    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
         return runner.save_snapshots(experiment(args, ""), chosen)
     if not args.report:

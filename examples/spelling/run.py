@@ -3,6 +3,8 @@
     python examples/spelling/run.py --noise 0.3                 # MLE, LL, LLCAS (learned/mixed), 3 seeds
     python examples/spelling/run.py --noise 0.5 --grid all      # + the rest of Tables 1 and 2, first seed
     python examples/spelling/run.py --noise 0.3 --report
+    python examples/spelling/run.py --noise 0.3 --grid table2 --seeds 2 --configs "sLL policy" \
+        --extra-flags "--clip-norm 5"                            # a diagnostic: a row with flags added
 
 Data: the English text of ``--data-root``/english_text (Brown + ABC news; the
 One Billion Word benchmark is not obtainable here), built by
@@ -13,7 +15,8 @@ searnn_gru_spelling (GRU 100 + attention). Optimisation, the same for every
 run (the paper's): Adam lr 1e-3, batch 128; at most ``--max-epoch`` epochs,
 early stop after 3 epochs without a better validation edit error; test with
 ``fairseq-generate --beam 1 --scoring edit``. Resumable; results go to
-examples/results/spelling-NOISE.jsonl.
+examples/results/spelling-NOISE.jsonl (runs with ``--extra-flags``:
+spelling-NOISE-diagnostics.jsonl).
 """
 
 import os
@@ -58,9 +61,9 @@ def main():
     task = f"spelling-{args.noise}"
     experiment = runner.Experiment(task=task, data=os.path.join(work_dir, "data"), work_dir=work_dir,
                                    common=runner.capped(common(args.max_epoch), args.stop_time_hours),
-                                   scoring="edit", generate_flags=GENERATE, results=args.results or "",
+                                   scoring="edit", generate_flags=GENERATE, results=runner.results_file(args, task),
                                    device=args.device, session_hours=args.session_hours)
-    chosen = runner.select(runs(args.grid, args.seeds), args.configs)
+    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
         return runner.save_snapshots(experiment, chosen)
     if not args.report:
@@ -68,9 +71,12 @@ def main():
         runner.run_all(experiment, chosen, jobs=args.jobs)
     rows = list(runner.recorded(experiment).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
-    print(f"Table 1 ({task}, test edit error %)\n" + runner.format_table(runner.summary(rows, "table1"), "edit", order))
+    if any(r["group"] == "table1" for r in rows):
+        print(f"Table 1 ({task}, test edit error %)\n" + runner.format_table(runner.summary(rows, "table1"), "edit", order))
     if any(r["group"] == "table2" for r in rows):
         print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
+    if any(r["group"] == "diagnostic" for r in rows):
+        print("\nDiagnostics (--extra-flags)\n" + runner.format_table(runner.summary(rows, "diagnostic"), "edit"))
     if rows:
         runner.plot_results(experiment, rows, f"{task}: validation edit error")
 
