@@ -365,11 +365,10 @@ def portable(command: List[str]) -> str:
     """A command as it reads from the repository root (where the runner runs it), without this
     machine's paths, so that a recorded row can be rerun from any clone with fairseq on PATH."""
     def local(arg: str) -> str:
-        if os.path.dirname(arg) == BIN:
-            return os.path.basename(arg)
         return os.path.relpath(arg, REPO) if arg.startswith(REPO + os.sep) else arg
 
-    return shlex.join(local(arg) for arg in command)
+    program, *args = command
+    return shlex.join([os.path.basename(program), *map(local, args)])
 
 
 SCORE_LINE = re.compile(r"(HAMMING|EDIT|BLEU)\s*=\s*([0-9.]+)")

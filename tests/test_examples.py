@@ -213,8 +213,9 @@ def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_na
 
 def test_recorded_commands_read_from_the_repository_root_without_this_machines_paths(monkeypatch):
     monkeypatch.setattr(runner, "REPO", "/clone")
-    monkeypatch.setattr(runner, "BIN", "/clone/.venv/bin")
     command = ["/clone/.venv/bin/fairseq-train", "/clone/runs/x/data", "--save-dir", "/clone/runs/x/run",
                "/elsewhere/data", "--user-dir", "searnn_fairseq", "--extra", "a b", "/clonex/y"]
     assert runner.portable(command) == ("fairseq-train runs/x/data --save-dir runs/x/run /elsewhere/data "
                                         "--user-dir searnn_fairseq --extra 'a b' /clonex/y")
+    # a fairseq found on PATH outside the clone (e.g. a pip --target directory) is named alone too
+    assert runner.portable(["/tmp/site/bin/fairseq-generate", "/clone/d"]) == "fairseq-generate d"
