@@ -337,12 +337,19 @@ def select(runs: List[Run], configs: Optional[List[str]]) -> List[Run]:
     return [run for run in runs if run.config.lower() in wanted]
 
 
+# set by train_command for each run: a second value would silently override the run's own
+RUNNER_FLAGS = {"--seed", "--save-dir", "--user-dir", "--best-checkpoint-metric", "--log-format", "--num-workers"}
+
+
 def with_extra_flags(runs: List[Run], extra: List[str]) -> List[Run]:
     """The runs with flags appended (``--extra-flags``): each is a different run, a diagnostic row
     named after its table row and the flags (e.g. "sLL policy, --clip-norm 5"), so that it is
     recorded and snapshotted apart from the row it varies."""
     if not extra:
         return runs
+    owned = sorted({flag.split("=")[0] for flag in extra} & RUNNER_FLAGS)
+    if owned:
+        raise SystemExit(f"--extra-flags cannot set {owned}: the runner sets them per run (use --seeds for seeds)")
     suffix = shlex.join(extra)
     return [Run(f"{run.config}, {suffix}", run.seed, [*run.flags, *extra], group="diagnostic") for run in runs]
 

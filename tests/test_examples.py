@@ -191,6 +191,8 @@ def test_extra_flags_make_diagnostic_runs_recorded_apart_and_match_the_recorded_
     assert runner.chosen_runs(plain, spelling.runs("table2", [1]))[0].name == "sll-policy-seed1"
     assert runner.results_file(plain, "spelling-0.3") == ""
     assert parser.parse_args(["--extra-flags=--full-softmax"]).extra_flags == "--full-softmax"
+    with pytest.raises(SystemExit, match="--save-dir"):
+        runner.chosen_runs(parser.parse_args(["--extra-flags", "--lr 0.002 --save-dir=elsewhere"]), spelling.runs("main", [1]))
 
 
 def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_name(tmp_path):
