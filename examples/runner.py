@@ -355,7 +355,7 @@ def with_extra_flags(runs: List[Run], extra: List[str]) -> List[Run]:
 
 
 def diagnostic_results(task: str) -> str:
-    return os.path.join(REPO, "examples", "results", f"{task}-diagnostics.jsonl")
+    return default_results(f"{task}-diagnostics")
 
 
 def chosen_runs(args: argparse.Namespace, runs: List[Run]) -> List[Run]:
@@ -460,6 +460,12 @@ def format_table(table: Dict[str, dict], metric: str, order: Optional[List[str]]
             f"{row['updates']:.0f} | {row['wall_min']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def format_tables(rows: List[dict], metric: str, tables: List[tuple]) -> str:
+    """The tables, one per (group, title, order), of the groups that have rows, a blank line apart."""
+    return "\n\n".join(f"{title}\n" + format_table(summary(rows, group), metric, order)
+                       for group, title, order in tables if any(row["group"] == group for row in rows))
 
 
 def plot_results(experiment: Experiment, rows: List[dict], title: str, configs: Optional[List[str]] = None) -> str:

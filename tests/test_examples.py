@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -196,8 +197,6 @@ def test_extra_flags_make_diagnostic_runs_recorded_apart_and_match_the_recorded_
 
 
 def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_name(tmp_path):
-    import subprocess
-
     save_dir = tmp_path / "work" / "mle-clip-norm-5-seed2"
     save_dir.mkdir(parents=True)
     (save_dir / "checkpoint_last.pt").write_bytes(b"state")

@@ -83,12 +83,11 @@ def report(args) -> None:
     results = experiment(args, "")
     rows = list(runner.recorded(results).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
-    if any(r["group"] == "table1" for r in rows):
-        print("Table 1 (OCR, test Hamming error %)\n" + runner.format_table(runner.summary(rows, "table1"), "Hamming", order))
-    if any(r["group"] == "table2" for r in rows):
-        print("\nTable 2 (OCR, 5 tokens per cell)\n" + runner.format_table(runner.summary(rows, "table2"), "Hamming", [c for c, _ in TABLE2]))
-    if any(r["group"] == "diagnostic" for r in rows):
-        print("\nDiagnostics (--extra-flags)\n" + runner.format_table(runner.summary(rows, "diagnostic"), "Hamming"))
+    print(runner.format_tables(rows, "Hamming", [
+        ("table1", "Table 1 (OCR, test Hamming error %)", order),
+        ("table2", "Table 2 (OCR, 5 tokens per cell)", [c for c, _ in TABLE2]),
+        ("diagnostic", "Diagnostics (--extra-flags)", None),
+    ]))
     if rows:
         plot = runner.plot_results(results, rows, "OCR: validation Hamming error per word",
                                    configs=[c for c, _ in TABLE1_MAIN])

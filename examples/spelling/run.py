@@ -71,12 +71,11 @@ def main():
         runner.run_all(experiment, chosen, jobs=args.jobs)
     rows = list(runner.recorded(experiment).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
-    if any(r["group"] == "table1" for r in rows):
-        print(f"Table 1 ({task}, test edit error %)\n" + runner.format_table(runner.summary(rows, "table1"), "edit", order))
-    if any(r["group"] == "table2" for r in rows):
-        print(f"\nTable 2 ({task})\n" + runner.format_table(runner.summary(rows, "table2"), "edit", [c for c, _ in TABLE2]))
-    if any(r["group"] == "diagnostic" for r in rows):
-        print("\nDiagnostics (--extra-flags)\n" + runner.format_table(runner.summary(rows, "diagnostic"), "edit"))
+    print(runner.format_tables(rows, "edit", [
+        ("table1", f"Table 1 ({task}, test edit error %)", order),
+        ("table2", f"Table 2 ({task})", [c for c, _ in TABLE2]),
+        ("diagnostic", "Diagnostics (--extra-flags)", None),
+    ]))
     if rows:
         runner.plot_results(experiment, rows, f"{task}: validation edit error")
 
