@@ -337,8 +337,11 @@ def select(runs: List[Run], configs: Optional[List[str]]) -> List[Run]:
     return [run for run in runs if run.config.lower() in wanted]
 
 
-# set by train_command for each run: a second value would silently override the run's own
-RUNNER_FLAGS = {"--seed", "--save-dir", "--user-dir", "--best-checkpoint-metric", "--log-format", "--num-workers"}
+def runner_flags() -> List[str]:
+    """The flags train_command sets itself for every run, read off a run that adds none: a second
+    value in --extra-flags would silently override the runner's (--seed, --save-dir, ...)."""
+    bare = Experiment(task="bare", data="DATA", work_dir="", common=[], scoring="", results="bare.jsonl")
+    return sorted({arg for arg in train_command(bare, Run("bare", 0, []), "DIR") if arg.startswith("--")})
 
 
 def with_extra_flags(runs: List[Run], extra: List[str]) -> List[Run]:
@@ -347,9 +350,10 @@ def with_extra_flags(runs: List[Run], extra: List[str]) -> List[Run]:
     recorded and snapshotted apart from the row it varies."""
     if not extra:
         return runs
-    owned = sorted({flag.split("=")[0] for flag in extra} & RUNNER_FLAGS)
+    owned = sorted({flag.split("=")[0] for flag in extra} & set(runner_flags()))
     if owned:
-        raise SystemExit(f"--extra-flags cannot set {owned}: the runner sets them per run (use --seeds for seeds)")
+        raise SystemExit(f"--extra-flags cannot set {owned}: the runner sets them per run "
+                         "(use --seeds for seeds, --device for the device)")
     suffix = shlex.join(extra)
     return [Run(f"{run.config}, {suffix}", run.seed, [*run.flags, *extra], group="diagnostic") for run in runs]
 

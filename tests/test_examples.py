@@ -194,6 +194,11 @@ def test_extra_flags_make_diagnostic_runs_recorded_apart_and_match_the_recorded_
     assert parser.parse_args(["--extra-flags=--full-softmax"]).extra_flags == "--full-softmax"
     with pytest.raises(SystemExit, match="--save-dir"):
         runner.chosen_runs(parser.parse_args(["--extra-flags", "--lr 0.002 --save-dir=elsewhere"]), spelling.runs("main", [1]))
+    # every flag the runner puts on the command line is refused, read off train_command itself
+    assert {"--seed", "--save-dir", "--user-dir", "--best-checkpoint-metric", "--log-format", "--num-workers",
+            "--cpu"} <= set(runner.runner_flags())
+    with pytest.raises(SystemExit, match="--cpu"):
+        runner.chosen_runs(parser.parse_args(["--extra-flags=--cpu"]), spelling.runs("main", [1]))
 
 
 def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_name(tmp_path):
