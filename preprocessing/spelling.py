@@ -51,7 +51,8 @@ included, and skips EOS draws, so there a character changes with probability
 p * 42/44; ``--allow-same`` gives the closest variant here: a uniform draw from
 all 42 text symbols, the original included, change rate p * 41/42.)
 The corruption is drawn once, with a seed derived from ``--seed`` and the split
-name, and written to disk (their code re-corrupts on the fly each epoch). The
+name, and written to disk (their code re-corrupts on the fly each epoch; so does
+``--task spelling_correction --train-noise P`` for the training split). The
 realised rates are printed and saved in ``meta.json``.
 
 Output directory ``DEST``:
@@ -84,6 +85,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from preprocessing.publish import publish_directory, write_meta  # noqa: E402
+from searnn_fairseq.tasks.spelling_correction import substitute  # noqa: E402  (the law the task re-draws each epoch)
 
 TEXT_SYMBOLS = list("abcdefghijklmnopqrstuvwxyz") + list("0123456789") + [",", ".", "!", "?", " ", "#"]
 UNKNOWN_CHAR = "#"
@@ -215,16 +217,9 @@ def corrupt(texts: Sequence[str], p: float, rng: np.random.Generator, allow_same
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"--p must be in [0, 1], got {p}")
     index_of = {c: i for i, c in enumerate(TEXT_SYMBOLS)}
-    size = len(TEXT_SYMBOLS)
     out = []
     for text in texts:
-        ids = np.array([index_of[c] for c in text], dtype=np.int64)
-        hit = rng.random(len(ids)) < p
-        if allow_same:
-            noise = rng.integers(0, size, len(ids))
-        else:
-            noise = (ids + rng.integers(1, size, len(ids))) % size  # never the original
-        ids = np.where(hit, noise, ids)
+        ids = substitute(np.array([index_of[c] for c in text], dtype=np.int64), p, rng, len(TEXT_SYMBOLS), allow_same)
         out.append("".join(TEXT_SYMBOLS[i] for i in ids))
     return out
 

@@ -88,6 +88,18 @@ def load_params(path):
     return {k: v.float() for k, v in state.items()}
 
 
+def test_spelling_correction_task_trains_on_new_noise_each_epoch_and_generates_with_translation(data_bin, tmp_path):
+    save = str(tmp_path / "ckpt")
+    out = train(data_bin, save, "searnn_gru", max_update=12,  # 96 pairs in batches of 16: two epochs
+                extra=["--task", "spelling_correction", "--train-noise", "0.3", "--noise-seed", "5"])
+    assert "the corruption of epoch 1 (p = 0.3, seed 5)" in out and "the corruption of epoch 2 (p = 0.3, seed 5)" in out
+    assert "the corruption of epoch 3" not in out
+    out = run([f"{BIN}/fairseq-generate", data_bin, "--user-dir", "searnn_fairseq", "--task", "translation",
+               "--path", f"{save}/checkpoint_best.pt", "--gen-subset", "test", "--beam", "1", "--cpu",
+               "--scoring", "edit"])
+    assert "EDIT = " in out
+
+
 def test_resume_reproduces_an_uninterrupted_run(data_bin, tmp_path):
     straight = str(tmp_path / "straight")
     train(data_bin, straight, "searnn_gru", 9, ["--no-epoch-checkpoints"])

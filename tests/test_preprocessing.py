@@ -1,5 +1,6 @@
 """preprocessing/ocr.py and preprocessing/spelling.py on slices of the real data files."""
 
+import copy
 import gzip
 import json
 import math
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_paths import REPO, require_data
 
@@ -323,6 +325,78 @@ def test_spelling_corruption_variants():
         assert abs(rate - expected) <= 3 * math.sqrt(expected * (1 - expected) / total)
     assert spelling.corrupt(texts[:5], 0.0, np.random.default_rng(0)) == texts[:5]
     assert all(a != b for a, b in zip(texts[0], spelling.corrupt(texts[:1], 1.0, np.random.default_rng(0))[0]))
+
+
+def spelling_task(dest, train_noise, noise_seed=1):
+    from searnn_fairseq.tasks.spelling_correction import SpellingCorrectionConfig, SpellingCorrectionTask
+
+    cfg = SpellingCorrectionConfig(data=str(dest), source_lang="src", target_lang="tgt", train_subset="train",
+                                   dataset_impl="mmap", required_seq_len_multiple=1, train_noise=train_noise,
+                                   noise_seed=noise_seed)
+    return SpellingCorrectionTask.setup_task(cfg)
+
+
+def binarised(dest, split, side):
+    from fairseq.data import Dictionary, data_utils
+
+    dictionary = Dictionary.load(str(dest / "dict.src.txt"))
+    dataset = data_utils.load_indexed_dataset(str(dest / f"{split}.src-tgt.{side}"), dictionary, "mmap")
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def test_spelling_task_corrupts_the_training_sources_anew_each_epoch(spelling_p03):
+    dest, _ = spelling_p03
+    task = spelling_task(dest, train_noise=0.5)
+    task.load_dataset("train")
+    task.load_dataset("valid")
+    train, targets = task.dataset("train"), binarised(dest, "train", "tgt")
+
+    epochs = task.get_batch_iterator(train, max_sentences=16, seed=1)
+
+    def next_epoch_sources():
+        # the batches of fairseq's epoch iterator, which is how fairseq-train tells the dataset its epoch
+        found = {}
+        for batch in epochs.next_epoch_itr(shuffle=True):
+            for i, row in zip(batch["id"].tolist(), batch["net_input"]["src_tokens"]):
+                found[i] = row[row.ne(task.src_dict.pad())]
+        assert sorted(found) == list(range(len(train)))
+        return [found[i] for i in range(len(train))]
+
+    first, second = next_epoch_sources(), next_epoch_sources()
+    assert epochs.epoch == 2 and train.source.epoch == 2
+    total = sum(len(t) - 1 for t in targets)
+    for noisy in (first, second):
+        assert all(len(n) == len(t) and n[-1] == t[-1] == task.tgt_dict.eos() for n, t in zip(noisy, targets))
+        assert all((n[:-1] >= task.tgt_dict.nspecial).all() for n in noisy)  # text symbols only
+        rate = sum((n != t).sum().item() for n, t in zip(noisy, targets)) / total
+        assert abs(rate - 0.5) <= 3 * math.sqrt(0.25 / total), rate
+    changed_between_epochs = sum((a != b).sum().item() for a, b in zip(first, second)) / total
+    assert changed_between_epochs > 0.4  # new noise each epoch, not the same draw again
+    train.set_epoch(1)  # reproducible (a resumed run sees the same noise): seeded by (seed, epoch, item)
+    assert all(torch.equal(a, train[i]["source"]) for i, a in enumerate(first))
+    other_seed = spelling_task(dest, train_noise=0.5, noise_seed=2)
+    other_seed.load_dataset("train")
+    assert not all(torch.equal(a, other_seed.dataset("train")[i]["source"]) for i, a in enumerate(first))
+    # valid keeps its binarised corruption, so validation errors compare with --task translation runs
+    valid = task.dataset("valid")
+    assert all(torch.equal(valid[i]["source"], s) for i, s in enumerate(binarised(dest, "valid", "src")))
+
+
+def test_spelling_task_without_noise_is_the_translation_task_and_bad_options_are_refused(spelling_p03):
+    from searnn_fairseq.tasks.spelling_correction import SpellingCorrectionConfig, SpellingCorrectionTask
+
+    dest, _ = spelling_p03
+    task = spelling_task(dest, train_noise=0.0)
+    task.load_dataset("train")
+    assert all(torch.equal(task.dataset("train")[i]["source"], s) for i, s in enumerate(binarised(dest, "train", "src")))
+    with pytest.raises(ValueError, match="--train-noise must be in"):
+        spelling_task(dest, train_noise=1.5)
+    src = task.src_dict
+    tgt = copy.deepcopy(src)
+    tgt.add_symbol("extra")
+    cfg = SpellingCorrectionConfig(data=str(dest), train_noise=0.3)
+    with pytest.raises(ValueError, match="same source and target dictionary"):
+        SpellingCorrectionTask(cfg, src, tgt)
 
 
 def test_spelling_normalisation():
