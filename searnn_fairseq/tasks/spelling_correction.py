@@ -104,6 +104,16 @@ class SpellingCorrectionTask(TranslationTask):
                              "the source is drawn from the target's symbols")
         super().__init__(cfg, src_dict, tgt_dict)
 
+    def get_batch_iterator(self, dataset, **kwargs):
+        iterator = super().get_batch_iterator(dataset, **kwargs)
+        if isinstance(dataset, PairsWithCorruptedSource):
+            # fairseq keeps a data loader's worker processes (--num-workers, default 1) from one
+            # epoch to the next; each holds a copy of the dataset set to the epoch it started in,
+            # so it would serve that epoch's noise for ever. A fresh loader per epoch forks the
+            # workers after set_epoch.
+            iterator.reuse_dataloader = iterator.persistent_workers = False
+        return iterator
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         if split == self.cfg.train_subset and self.cfg.train_noise > 0:
