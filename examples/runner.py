@@ -275,6 +275,7 @@ def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, p
     todo = [run for run in runs if not is_recorded(done, experiment, run)]
     log(f"[{experiment.task}] {len(runs) - len(todo)} runs already recorded, {len(todo)} to go, {jobs} at a time")
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    reported: Dict[str, object] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(run_one, experiment, run, threads, log): run for run in todo}
         pending = set(futures)
@@ -288,15 +289,23 @@ def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, p
                     log(f"[{experiment.task}] {run.name} FAILED ({error}); see {experiment.work_dir}/{run.name}/train.log")
             for future in pending:
                 if future.running():
-                    report_progress(experiment, futures[future], log)
+                    report_progress(experiment, futures[future], log, reported)
     return list(recorded(experiment).values())
 
 
-def report_progress(experiment: Experiment, run: Run, log=print) -> None:
+def report_progress(experiment: Experiment, run: Run, log=print, reported: Optional[Dict[str, object]] = None) -> None:
+    """Log the run's latest validation. With ``reported`` (run name -> what was last logged),
+    only what changed is logged: a run polled every 30 s for hours would otherwise repeat
+    one line hundreds of times between two validations."""
     train_log = os.path.join(experiment.work_dir, run.name, "train.log")
     if not os.path.exists(train_log):
         return
     curve = validation_curve(train_log)
+    state = curve[-1]["updates"] if curve else None
+    if reported is not None:
+        if run.name in reported and reported[run.name] == state:
+            return
+        reported[run.name] = state
     if curve:
         last = curve[-1]
         best = min(p["cost"] for p in curve)

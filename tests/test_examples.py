@@ -37,6 +37,24 @@ def test_validation_curve_reads_updates_cost_and_wall_across_a_resume(tmp_path):
     assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 28.0)
 
 
+
+def test_progress_is_reported_once_per_new_validation(tmp_path):
+    run = runner.Run("MLE", 1, [])
+    (tmp_path / run.name).mkdir()
+    log_file = tmp_path / run.name / "train.log"
+    lines, reported = [], {}
+    report = lambda: runner.report_progress(experiment(tmp_path, 1), run, lines.append, reported)  # noqa: E731
+    report()  # no log yet: nothing to say
+    log_file.write_text(LOG.splitlines(keepends=True)[0])
+    report(), report()
+    assert lines == ["[t] mle-seed1: started, no validation yet"]
+    log_file.write_text("".join(LOG.splitlines(keepends=True)[:3]))
+    report(), report()
+    log_file.write_text(LOG)
+    report(), report()
+    assert lines[1:] == ["[t] mle-seed1: 89 updates, 0.2 min, valid cost 7.5000 (best 7.5000)",
+                         "[t] mle-seed1: 178 updates, 0.5 min, valid cost 2.2500 (best 2.2500)"]
+
 def experiment(tmp_path, max_epoch):
     return runner.Experiment(task="t", data="d", work_dir=str(tmp_path), common=["--max-epoch", str(max_epoch)],
                              scoring="edit", results=str(tmp_path / "t.jsonl"))
