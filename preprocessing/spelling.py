@@ -214,8 +214,6 @@ def split_sentences(
 def corrupt(texts: Sequence[str], p: float, rng: np.random.Generator, allow_same: bool = False) -> List[str]:
     """Replace each character with probability p by a uniformly drawn other symbol
     (any symbol, possibly the same one, with ``allow_same``)."""
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"--p must be in [0, 1], got {p}")
     index_of = {c: i for i, c in enumerate(TEXT_SYMBOLS)}
     out = []
     for text in texts:

@@ -325,6 +325,9 @@ def test_spelling_corruption_variants():
         assert abs(rate - expected) <= 3 * math.sqrt(expected * (1 - expected) / total)
     assert spelling.corrupt(texts[:5], 0.0, np.random.default_rng(0)) == texts[:5]
     assert all(a != b for a, b in zip(texts[0], spelling.corrupt(texts[:1], 1.0, np.random.default_rng(0))[0]))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="probability must be in"):
+            spelling.corrupt(texts[:1], bad, np.random.default_rng(0))
 
 
 def spelling_task(dest, train_noise, noise_seed=1):
