@@ -275,7 +275,7 @@ def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, p
     todo = [run for run in runs if not is_recorded(done, experiment, run)]
     log(f"[{experiment.task}] {len(runs) - len(todo)} runs already recorded, {len(todo)} to go, {jobs} at a time")
     threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-    reported: Dict[str, object] = {}
+    reported: Dict[str, Optional[int]] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(run_one, experiment, run, threads, log): run for run in todo}
         pending = set(futures)
@@ -293,10 +293,10 @@ def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, p
     return list(recorded(experiment).values())
 
 
-def report_progress(experiment: Experiment, run: Run, log=print, reported: Optional[Dict[str, object]] = None) -> None:
-    """Log the run's latest validation. With ``reported`` (run name -> what was last logged),
-    only what changed is logged: a run polled every 30 s for hours would otherwise repeat
-    one line hundreds of times between two validations."""
+def report_progress(experiment: Experiment, run: Run, log=print, reported: Optional[Dict[str, Optional[int]]] = None) -> None:
+    """Log the run's latest validation. With ``reported`` (run name -> the updates of the last
+    validation logged, None before the first), only what changed is logged: a run polled every
+    30 s for hours would otherwise repeat one line hundreds of times between two validations."""
     train_log = os.path.join(experiment.work_dir, run.name, "train.log")
     if not os.path.exists(train_log):
         return

@@ -37,7 +37,6 @@ def test_validation_curve_reads_updates_cost_and_wall_across_a_resume(tmp_path):
     assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 28.0)
 
 
-
 def test_progress_is_reported_once_per_new_validation(tmp_path):
     run = runner.Run("MLE", 1, [])
     (tmp_path / run.name).mkdir()
@@ -54,6 +53,7 @@ def test_progress_is_reported_once_per_new_validation(tmp_path):
     report(), report()
     assert lines[1:] == ["[t] mle-seed1: 89 updates, 0.2 min, valid cost 7.5000 (best 7.5000)",
                          "[t] mle-seed1: 178 updates, 0.5 min, valid cost 2.2500 (best 2.2500)"]
+
 
 def experiment(tmp_path, max_epoch):
     return runner.Experiment(task="t", data="d", work_dir=str(tmp_path), common=["--max-epoch", str(max_epoch)],

@@ -369,7 +369,7 @@ def test_spelling_task_corrupts_the_training_sources_anew_each_epoch(spelling_p0
         return [found[i] for i in range(len(train))]
 
     first, second = next_epoch_sources(), next_epoch_sources()
-    assert epochs.epoch == 2
+    assert epochs.epoch == 2 and train.source.epoch == 2
     total = sum(len(t) - 1 for t in targets)
     for noisy in (first, second):
         assert all(len(n) == len(t) and n[-1] == t[-1] == task.tgt_dict.eos() for n, t in zip(noisy, targets))
