@@ -525,7 +525,8 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
     default_data = os.environ.get("SEARNN_DATA", os.path.join(REPO, "..", "shared", "data"))
     parser.add_argument("--data-root", default=default_data, help="raw datasets (default: $SEARNN_DATA or ../shared/data)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each when 2)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="every chosen row on these seeds (default: the Table 1 minimum on 1 2 3, other rows on 1)")
     parser.add_argument("--configs", nargs="+", metavar="CONFIG",
                         help='only these table rows of the chosen grid, e.g. --configs MLE "sLL policy"')
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",

@@ -191,6 +191,23 @@ def test_a_session_cap_adds_what_is_left_of_the_session_to_the_runs_trained_time
     assert not (tmp_path / "w" / run.name / "train.log").exists()
 
 
+def test_seeds_named_on_the_command_line_apply_to_every_row_and_the_default_keeps_the_costly_rows_on_seed_1():
+    from examples.spelling import run as spelling
+
+    parser = runner.common_arguments("")
+
+    def names(argv, grid):
+        args = parser.parse_args(argv)
+        return [run.name for run in runner.chosen_runs(args, spelling.runs(grid, args.seeds))]
+
+    assert names(["--configs", "sLL policy"], "table2") == ["sll-policy-seed1"]
+    assert names(["--configs", "MLE"], "table2") == ["mle-seed1", "mle-seed2", "mle-seed3"]
+    assert names(["--seeds", "2", "3", "--configs", "sLL policy"], "table2") == ["sll-policy-seed2", "sll-policy-seed3"]
+    assert names(["--seeds", "3", "--configs", "MLE", "sLL policy"], "table2") == ["mle-seed3", "sll-policy-seed3"]
+    default = [run for run in spelling.runs("all") if run.config not in dict(spelling.TABLE1_MAIN)]
+    assert default and {run.seed for run in default} == {1}
+
+
 def test_extra_flags_make_diagnostic_runs_recorded_apart_and_match_the_recorded_clipping_row():
     from examples.spelling import run as spelling
 

@@ -1,7 +1,7 @@
 """Spelling correction (Bahdanau et al. 2017's task): SEARNN vs MLE, Tables 1 and 2.
 
     python examples/spelling/run.py --noise 0.3                 # MLE, LL, LLCAS (learned/mixed), 3 seeds
-    python examples/spelling/run.py --noise 0.5 --grid all      # + the rest of Tables 1 and 2, first seed
+    python examples/spelling/run.py --noise 0.5 --grid all      # + the rest of Tables 1 and 2, seed 1
     python examples/spelling/run.py --noise 0.3 --report
     python examples/spelling/run.py --noise 0.3 --grid table2 --seeds 2 --configs "sLL policy" \
         --extra-flags "--clip-norm 5"                            # a diagnostic: a row with flags added
