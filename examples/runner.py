@@ -86,15 +86,52 @@ def environment(threads: int) -> Dict[str, str]:
     return env
 
 
-def recorded(experiment: Experiment) -> Dict[str, dict]:
-    if not os.path.exists(experiment.results):
-        return {}
+def read_rows(path: str) -> Dict[str, dict]:
+    """Run name -> its last row in a results file."""
     rows = {}
-    with open(experiment.results) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                rows[row["run"]] = row
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    rows[row["run"]] = row
+    return rows
+
+
+def capped_results(task: str) -> str:
+    """Where runs capped with ``--stop-time-hours`` are recorded (``--results``), apart from the task's own."""
+    return default_results(f"{task}-capped")
+
+
+# A cap stops a run at its hour mark. The log's clock (validation_curve) and fairseq's differ by
+# seconds per resume, so a run whose log ends this far below its cap was never stopped by it.
+CAP_SLACK_S = 300
+CAP_FLAG = re.compile(r" --stop-time-hours (\S+)")
+
+
+def without_unbound_cap(row: dict) -> Optional[str]:
+    """The row's train command without its ``--stop-time-hours`` when that cap never stopped the
+    run (the epoch limit or the patience rule ended it first), else None: such a run is the
+    uncapped run, trained with the same flags to the same end."""
+    match = CAP_FLAG.search(row["train_command"])
+    if not match or row["wall_s"] > float(match.group(1)) * 3600 - CAP_SLACK_S:
+        return None
+    return row["train_command"][:match.start()] + row["train_command"][match.end():]
+
+
+def recorded(experiment: Experiment) -> Dict[str, dict]:
+    """The runs recorded in the experiment's results file. An uncapped experiment with the task's
+    own results also counts a run recorded in the capped results whose cap never bound, under its
+    uncapped command: a grid would otherwise train it again, and its table would miss it."""
+    rows = read_rows(experiment.results)
+    if os.path.abspath(experiment.results) != os.path.abspath(default_results(experiment.task)) \
+            or own_cap(experiment.common):
+        return rows
+    for name, row in read_rows(capped_results(experiment.task)).items():
+        command = without_unbound_cap(row)
+        if name not in rows and command:
+            rows[name] = {**row, "train_command": command,
+                          "unbound_cap_hours": float(CAP_FLAG.search(row["train_command"]).group(1))}
     return rows
 
 
@@ -533,7 +570,8 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                         help="where fairseq-train and fairseq-generate run (cuda: the GPU, --jobs runs sharing it)")
     parser.add_argument("--stop-time-hours", type=float, default=0,
                         help="cap each run's training time (fairseq's flag; a capped run is a different run: "
-                             "record it apart with --results)")
+                             "record it apart with --results examples/results/TASK-capped.jsonl, where a run "
+                             "that ended before its cap also counts as the uncapped run)")
     parser.add_argument("--extra-flags", default="", metavar="FLAGS",
                         help='append these fairseq-train flags to every chosen run, e.g. --extra-flags "--clip-norm 5" '
                              '(one flag alone: --extra-flags=--full-softmax); the runs become diagnostic rows named '

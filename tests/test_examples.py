@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -159,6 +161,41 @@ def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, mo
     assert [r["config"] for r in runner.baseline_rows(apart)] == ["MLE"]
     own = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit")
     assert runner.baseline_rows(own) == []
+
+
+def test_a_capped_run_that_ended_before_its_cap_counts_as_the_uncapped_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "REPO", str(tmp_path))
+    common = ["--max-epoch", "30", "--patience", "3"]
+    own = runner.Experiment(task="t", data="d", work_dir="w", common=common, scoring="edit")
+    early, late, mle = (runner.Run("LL learned/mixed", 1, ["--criterion", "searnn_ll"]),
+                        runner.Run("LLCAS learned/mixed", 1, ["--criterion", "searnn_llcas"]),
+                        runner.Run("MLE", 1, ["--criterion", "searnn_mle"]))
+
+    def row(run, cap, wall_s, test_error):
+        experiment = replace(own, common=runner.capped(common, cap))
+        return {"run": run.name, "config": run.config, "seed": 1, "test_error": test_error, "wall_s": wall_s,
+                "updates": 1, "train_command": "fairseq-train d " + run.signature(experiment) + " --cpu"}
+
+    capped_file = tmp_path / "examples" / "results" / "t-capped.jsonl"
+    capped_file.parent.mkdir(parents=True)
+    rows = [row(early, 6.25, 16686.0, 39.46),  # the patience rule ended it at 4.6 h of its 6.25
+            row(late, 4.1, 14769.0, 39.47),  # stopped by its 4.1 h cap (14,760 s): a different run
+            row(mle, 9.0, 100.0, 99.0)]  # the task's own row comes first
+    capped_file.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    (capped_file.parent / "t.jsonl").write_text(json.dumps(row(mle, 0, 100.0, 44.0)) + "\n")
+    assert runner.capped_results("t") == str(capped_file)
+
+    done = runner.recorded(own)
+    assert runner.is_recorded(done, own, early) and not runner.is_recorded(done, own, late)
+    assert done[early.name]["unbound_cap_hours"] == 6.25
+    assert "--stop-time-hours" not in done[early.name]["train_command"]
+    assert done[mle.name]["test_error"] == 44.0
+    assert "| LL learned/mixed | 39.46 | 1 |" in runner.format_table(runner.summary(list(done.values())), "edit")
+    # the capped experiment itself sees its own rows as they were run, the bound one included
+    capped = replace(own, common=runner.capped(common, 4.1), results=str(capped_file))
+    assert runner.is_recorded(runner.recorded(capped), capped, late)
+    assert runner.recorded(replace(own, common=runner.capped(common, 6.25))) == runner.read_rows(
+        str(capped_file.parent / "t.jsonl"))
 
 
 def test_a_session_cap_adds_what_is_left_of_the_session_to_the_runs_trained_time_unless_its_own_cap_comes_first(
