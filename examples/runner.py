@@ -275,7 +275,13 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
             return None
         with open(os.path.join(save_dir, FINISHED), "w") as f:
             f.write(signature + "\n")
-    curve = validation_curve(train_log)
+    return record_test(experiment, run, save_dir, threads, log)
+
+
+def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, log=print, **extra) -> dict:
+    """Test the run's best checkpoint with fairseq-generate and append its row (``extra`` added) to the results."""
+    command = train_command(experiment, run, save_dir)
+    curve = validation_curve(os.path.join(save_dir, "train.log"))
     generate = generate_command(experiment, save_dir)
     out = subprocess.run(generate, cwd=REPO, env=environment(threads), capture_output=True, text=True)
     with open(os.path.join(save_dir, "generate_test.log"), "w") as f:
@@ -296,6 +302,7 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
         "train_command": portable(command),
         "generate_command": portable(generate),
         "curve": curve,
+        **extra,
     }
     os.makedirs(os.path.dirname(experiment.results), exist_ok=True)
     with open(experiment.results, "a") as f:
@@ -304,6 +311,23 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
     log(f"[{experiment.task}] {run.name}: test {experiment.scoring} error {test_error:.2f}% "
         f"after {row['updates']} updates, {row['wall_s'] / 60:.1f} min")
     return row
+
+
+def reevaluate(experiment: Experiment, runs: List[Run], threads: int = 0, log=print) -> None:
+    """Test recorded runs again, after a change to how a model is evaluated: each run whose best
+    checkpoint is on this machine gets a new row, which supersedes its old one (the old test
+    error kept in it); the others' rows stand, and are named."""
+    done = read_rows(experiment.results)
+    threads = threads or os.cpu_count() or 1
+    for run in runs:
+        save_dir = os.path.join(experiment.work_dir, run.name)
+        if not is_recorded(done, experiment, run):
+            continue
+        if not os.path.exists(os.path.join(save_dir, BEST_CHECKPOINT)):
+            log(f"[{experiment.task}] {run.name}: no {BEST_CHECKPOINT} on this machine; its row stands")
+            continue
+        record_test(experiment, run, save_dir, threads, log, reevaluated=time.strftime("%Y-%m-%d"),
+                    previous_test_error=done[run.name]["test_error"])
 
 
 def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, progress_every: float = 30) -> List[dict]:
@@ -583,6 +607,9 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                              "stops then (mid-epoch if need be) with a checkpoint that the next invocation "
                              "resumes, snapshotted as --snapshot does, and no run starts later; unlike --stop-time-hours it does not change "
                              "the runs (e.g. to fit a lent GPU's minutes or a session's end)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="train nothing: test the chosen recorded runs' best checkpoints again (those on "
+                             "this machine) and append their rows, which supersede the old ones")
     parser.add_argument("--snapshot", action="store_true",
                         help="train nothing: copy the unfinished runs' checkpoint_last.pt and train.log to "
                              "RESULTS_unfinished/RUN/ (commit them; a later run of the script on any machine "

@@ -369,6 +369,18 @@ def _score(
     )
 
 
+def action_mask(dictionary) -> Tensor:
+    """(V,) True for tokens that are real predictions: not padding, BOS, UNK or
+    the fillers fairseq adds to round the dictionary size."""
+    actions = torch.ones(len(dictionary), dtype=torch.bool)
+    for index in {dictionary.pad(), dictionary.bos(), dictionary.unk()}:
+        actions[index] = False
+    for index, symbol in enumerate(dictionary.symbols):
+        if symbol.startswith("madeupword"):
+            actions[index] = False
+    return actions
+
+
 def greedy_decode(model, net_input: Dict[str, Tensor], caps: Tensor, action_mask: Tensor, eos: int, pad: int):
     """Plain greedy decoding (validation, and the naive reference in tests and
     benchmarks): returns right-padded hypotheses without EOS and their lengths."""

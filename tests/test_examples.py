@@ -163,6 +163,33 @@ def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, mo
     assert runner.baseline_rows(own) == []
 
 
+def test_reevaluating_appends_a_superseding_row_for_each_run_whose_best_checkpoint_is_here(tmp_path, monkeypatch):
+    here, gone = runner.Run("sLL topk", 1, ["--criterion", "searnn_ll"]), runner.Run("sLL policy", 1, ["--foo"])
+    trained = experiment(tmp_path, 30)
+    for run in (here, gone):
+        (tmp_path / run.name).mkdir()
+        (tmp_path / run.name / "train.log").write_text(LOG)
+    (tmp_path / here.name / runner.BEST_CHECKPOINT).write_text("weights")
+    rows = [{"run": r.name, "config": r.config, "seed": 1, "test_error": 42.79,
+             "train_command": "fairseq-train d " + r.signature(trained) + " --cpu"} for r in (here, gone)]
+    (tmp_path / "t.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    commands = []
+
+    def generate(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, "Generate test with beam=1: EDIT = 40.18 (17596 errors / 43794", "")
+
+    monkeypatch.setattr(runner.subprocess, "run", generate)
+    lines = []
+    runner.reevaluate(trained, [here, gone, runner.Run("MLE", 1, [])], log=lines.append)
+    assert len(commands) == 1 and os.path.join(str(tmp_path), here.name, "checkpoint_best.pt") in commands[0]
+    done = runner.recorded(trained)
+    assert done[here.name]["test_error"] == 40.18 and done[here.name]["previous_test_error"] == 42.79
+    assert done[here.name]["updates"] == 178 and done[gone.name]["test_error"] == 42.79
+    assert lines[-1] == "[t] sll-policy-seed1: no checkpoint_best.pt on this machine; its row stands"
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 3
+
+
 def test_a_capped_run_that_ended_before_its_cap_counts_as_the_uncapped_run(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "REPO", str(tmp_path))
     common = ["--max-epoch", "30", "--patience", "3"]

@@ -349,3 +349,27 @@ def test_gradients_reach_every_parameter(attention, input_feeding, share, dense)
     loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert no_grad == []
+
+
+def test_in_eval_mode_only_real_tokens_can_be_predicted_so_fairseq_generate_decodes_as_validation_does():
+    """A sampled loss never trains BOS's score: here it outranks every token, as it came to in a
+    top-k sLL run. Training still sees it; fairseq-generate (eval mode) must not emit it."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    model = tiny_model(attention=True, input_feeding=True)
+    d = model.decoder.dictionary
+    with torch.no_grad():
+        model.decoder.fc_out.bias[d.bos()] = 100.0
+        model.decoder.fc_out.bias[d.unk()] = 100.0
+    sample = make_batch(d, dense=False)
+    net_output = model(**sample["net_input"])
+    model.train()
+    assert model.get_normalized_probs(net_output, log_probs=True)[..., d.bos()].gt(-1).all()
+    model.eval()
+    lprobs = model.get_normalized_probs(net_output, log_probs=True)
+    assert torch.isinf(lprobs[..., [d.bos(), d.unk(), d.pad()]]).all()
+    assert torch.allclose(lprobs.exp().sum(-1), torch.ones(lprobs.shape[:-1]), atol=1e-5)
+    hypos = SequenceGenerator([model], d, beam_size=1, max_len_b=8)(sample)
+    emitted = torch.cat([h[0]["tokens"] for h in hypos])
+    assert not emitted.eq(d.bos()).any() and not emitted.eq(d.unk()).any()
+    assert "actions" not in model.state_dict()  # checkpoints keep their keys

@@ -108,7 +108,9 @@ def main():
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
         return runner.save_snapshots(experiment(args, ""), chosen)
-    if not args.report:
+    if args.reevaluate:
+        runner.reevaluate(experiment(args, os.path.join(args.work_dir, "data")), chosen)
+    elif not args.report:
         data = prepare(args.data_root, args.work_dir)
         runner.run_all(experiment(args, data), chosen, jobs=args.jobs)
     report(args)

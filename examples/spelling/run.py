@@ -66,7 +66,9 @@ def main():
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
         return runner.save_snapshots(experiment, chosen)
-    if not args.report:
+    if args.reevaluate:
+        runner.reevaluate(experiment, chosen)
+    elif not args.report:
         prepare(args.data_root, work_dir, args.noise)
         runner.run_all(experiment, chosen, jobs=args.jobs)
     rows = list(runner.recorded(experiment).values())

@@ -32,6 +32,7 @@ from searnn_fairseq.rollout import (
     ROLLOUT_COIN_CHOICES,
     SearchPolicy,
     SearchResult,
+    action_mask,
     check_incremental,
     greedy_decode,
     reference_lengths,
@@ -102,18 +103,6 @@ class SearnnConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
-def non_action_mask(dictionary) -> torch.Tensor:
-    """(V,) True for tokens that are real predictions: not padding, BOS, UNK or
-    the fillers fairseq adds to round the dictionary size."""
-    actions = torch.ones(len(dictionary), dtype=torch.bool)
-    for index in {dictionary.pad(), dictionary.bos(), dictionary.unk()}:
-        actions[index] = False
-    for index, symbol in enumerate(dictionary.symbols):
-        if symbol.startswith("madeupword"):
-            actions[index] = False
-    return actions
-
-
 class SearnnCriterion(FairseqCriterion):
     """Shared SEARNN machinery; subclasses choose the cell loss."""
 
@@ -128,7 +117,7 @@ class SearnnCriterion(FairseqCriterion):
         self._validate(cfg, dictionary)
         self.cost = build_cost(cfg.cost, dictionary)
         self.cost.check_dictionary(dictionary)
-        self.action_mask = non_action_mask(dictionary)
+        self.action_mask = action_mask(dictionary)
         self.actions = self.action_mask.nonzero().squeeze(1)
         self.num_tokens = min(cfg.sampled_tokens, int(self.actions.numel()))
         if cfg.token_sampling != "all" and cfg.sampled_tokens > self.num_tokens:

@@ -29,6 +29,8 @@ from fairseq.models import (
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
+from searnn_fairseq.rollout import action_mask
+
 # RNNs have no positional limit; fairseq's LSTM uses the same "large number".
 DEFAULT_MAX_POSITIONS = int(1e5)
 
@@ -382,6 +384,8 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         else:
             self.out_embed_proj = None
             self.fc_out = nn.Linear(hidden_size, len(dictionary))
+        # not saved: checkpoints from before it load unchanged
+        self.register_buffer("actions", action_mask(dictionary), persistent=False)
 
     @property
     def stepwise(self) -> bool:
@@ -485,6 +489,16 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
                 },
             )
         return x, {"attn": [attn]}
+
+    def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
+        """In eval mode (fairseq-generate, validation) only real tokens can be predicted, as in
+        SEARNN's roll-ins, roll-outs and validation decoding: a sampled loss (sLL, sLLCAS) never
+        trains the scores of BOS, UNK or padding, and a model trained with top-k sampling was
+        seen to rank BOS first in most test sentences, which fairseq-generate then emitted and
+        printed as nothing. Training (MLE's and LL's full softmax included) is unchanged."""
+        if not self.training:
+            net_output = (net_output[0].masked_fill(~self.actions, float("-inf")), *net_output[1:])
+        return super().get_normalized_probs(net_output, log_probs, sample)
 
     def output_layer(self, features: Tensor) -> Tensor:
         """Project decoder features (B x T x H) to vocabulary logits."""
