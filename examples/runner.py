@@ -109,14 +109,18 @@ CAP_SLACK_S = 300
 CAP_FLAG = re.compile(r" --stop-time-hours (\S+)")
 
 
-def without_unbound_cap(row: dict) -> Optional[str]:
-    """The row's train command without its ``--stop-time-hours`` when that cap never stopped the
-    run (the epoch limit or the patience rule ended it first), else None: such a run is the
+def as_uncapped(row: dict) -> Optional[dict]:
+    """The row under its train command without ``--stop-time-hours`` when that cap never stopped
+    the run (the epoch limit or the patience rule ended it first), else None: such a run is the
     uncapped run, trained with the same flags to the same end."""
-    match = CAP_FLAG.search(row["train_command"])
-    if not match or row["wall_s"] > float(match.group(1)) * 3600 - CAP_SLACK_S:
+    command = row["train_command"]
+    match = CAP_FLAG.search(command)
+    if not match:
         return None
-    return row["train_command"][:match.start()] + row["train_command"][match.end():]
+    cap = float(match.group(1))
+    if row["wall_s"] > cap * 3600 - CAP_SLACK_S:
+        return None
+    return {**row, "train_command": command[:match.start()] + command[match.end():], "unbound_cap_hours": cap}
 
 
 def recorded(experiment: Experiment) -> Dict[str, dict]:
@@ -128,10 +132,9 @@ def recorded(experiment: Experiment) -> Dict[str, dict]:
             or own_cap(experiment.common):
         return rows
     for name, row in read_rows(capped_results(experiment.task)).items():
-        command = without_unbound_cap(row)
-        if name not in rows and command:
-            rows[name] = {**row, "train_command": command,
-                          "unbound_cap_hours": float(CAP_FLAG.search(row["train_command"]).group(1))}
+        uncapped = as_uncapped(row)
+        if name not in rows and uncapped:
+            rows[name] = uncapped
     return rows
 
 
