@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from examples import runner  # noqa: E402
-from examples.ocr.run import COMMON, GENERATE  # noqa: E402
+from examples.ocr.run import COMMON, GENERATE, data_dir  # noqa: E402
 
 # Each run may train for at most this long (fairseq's --stop-time-hours).
 HOURS_PER_RUN = 0.19
@@ -54,7 +54,7 @@ def main():
     parser.set_defaults(stop_time_hours=HOURS_PER_RUN)
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
-    data = os.path.join(args.work_dir, "data")
+    data = data_dir(args.work_dir)
     if not os.path.exists(os.path.join(data, "meta.json")):
         source = obtain_ocr(args.data_root, args.work_dir)
         subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "ocr.py"), source, data, "--force"],

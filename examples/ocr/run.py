@@ -53,8 +53,12 @@ COMMON = [
 GENERATE = ["--task", "dense_seq2seq"]
 
 
+def data_dir(work_dir: str) -> str:
+    return os.path.join(work_dir, "data")
+
+
 def prepare(data_root: str, work_dir: str) -> str:
-    data = os.path.join(work_dir, "data")
+    data = data_dir(work_dir)
     if not os.path.exists(os.path.join(data, "meta.json")):
         source = os.path.join(data_root, "ocr", "letter.data.gz")
         if not os.path.exists(source):
@@ -109,7 +113,7 @@ def main():
     if args.snapshot:
         return runner.save_snapshots(experiment(args, ""), chosen)
     if args.reevaluate:
-        runner.reevaluate(experiment(args, os.path.join(args.work_dir, "data")), chosen)
+        runner.reevaluate(experiment(args, data_dir(args.work_dir)), chosen)
     elif not args.report:
         data = prepare(args.data_root, args.work_dir)
         runner.run_all(experiment(args, data), chosen, jobs=args.jobs)
