@@ -553,6 +553,14 @@ def plot_results(experiment: Experiment, rows: List[dict], title: str, configs: 
     return path
 
 
+def line_style(config: str, index: int) -> dict:
+    """MLE, the baseline every curve is read against, in thick black; the others cycle through
+    matplotlib's ten colours and then change dash, so a full grid's twenty configs stay distinct."""
+    if config == "MLE":
+        return {"color": "black", "linewidth": 2.2}
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":")[index // 10 % 3], "linewidth": 1.3}
+
+
 def plot_curves(rows: List[dict], path: str, title: str, configs: Optional[List[str]] = None) -> None:
     """Validation cost against updates and against wall time, one line per run."""
     import matplotlib
@@ -561,23 +569,23 @@ def plot_curves(rows: List[dict], path: str, title: str, configs: Optional[List[
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    colors: Dict[str, str] = {}
+    styles: Dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: (r["config"], r["seed"])):
         if configs and row["config"] not in configs or not row["curve"]:
             continue
-        color = colors.setdefault(row["config"], f"C{len(colors)}")
+        style = styles.setdefault(row["config"], line_style(row["config"], len(styles)))
         label = row["config"] if row["seed"] == min(r["seed"] for r in rows if r["config"] == row["config"]) else None
         updates = [p["updates"] for p in row["curve"]]
         walls = [p["wall"] / 60 for p in row["curve"]]
         costs = [p["cost"] for p in row["curve"]]
-        axes[0].plot(updates, costs, color=color, label=label, alpha=0.8)
-        axes[1].plot(walls, costs, color=color, label=label, alpha=0.8)
+        axes[0].plot(updates, costs, label=label, alpha=0.8, **style)
+        axes[1].plot(walls, costs, label=label, alpha=0.8, **style)
     for ax, xlabel in zip(axes, ("updates", "wall time (min)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation cost (greedy)")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=7, ncol=2 if len(styles) > 12 else 1)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
