@@ -316,12 +316,12 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
     return row
 
 
-def reevaluate(experiment: Experiment, runs: List[Run], threads: int = 0, log=print) -> None:
+def reevaluate(experiment: Experiment, runs: List[Run], log=print) -> None:
     """Test recorded runs again, after a change to how a model is evaluated: each run whose best
     checkpoint is on this machine gets a new row, which supersedes its old one (the old test
     error kept in it); the others' rows stand, and are named."""
     done = read_rows(experiment.results)
-    threads = threads or os.cpu_count() or 1
+    threads = os.cpu_count() or 1  # one test at a time
     for run in runs:
         save_dir = os.path.join(experiment.work_dir, run.name)
         if not is_recorded(done, experiment, run):
