@@ -133,7 +133,18 @@ def reference_lengths(target: Tensor, pad: int, eos: int) -> Tuple[Tensor, Tenso
 
 def rollout_caps(ref_lens: Tensor, policy: SearchPolicy, model) -> Tensor:
     caps = torch.floor(policy.max_len_a * ref_lens.float() + policy.max_len_b).long()
-    caps = torch.maximum(caps, ref_lens)
+    return clamp_to_decoder(torch.maximum(caps, ref_lens), model)
+
+
+def validation_caps(src_lengths: Tensor, max_len_a: float, max_len_b: int, model) -> Tensor:
+    """Hypothesis length limits as fairseq-generate sets them (a * source length + b), not
+    from the reference: validation must decode as the test does, and a model that never
+    emits EOS must pay for its whole output, as fairseq-generate's score makes it pay."""
+    caps = torch.floor(max_len_a * src_lengths.float() + max_len_b).long()
+    return clamp_to_decoder(caps, model)
+
+
+def clamp_to_decoder(caps: Tensor, model) -> Tensor:
     limit = model.max_decoder_positions()
     if limit is not None and limit < 1e8:
         # the decoder reads BOS plus the hypothesis, and must still predict EOS
@@ -381,9 +392,12 @@ def action_mask(dictionary) -> Tensor:
     return actions
 
 
-def greedy_decode(model, net_input: Dict[str, Tensor], caps: Tensor, action_mask: Tensor, eos: int, pad: int):
+def greedy_decode(
+    model, net_input: Dict[str, Tensor], caps: Tensor, action_mask: Tensor, eos: int, pad: int, min_len: int = 0
+):
     """Plain greedy decoding (validation, and the naive reference in tests and
-    benchmarks): returns right-padded hypotheses without EOS and their lengths."""
+    benchmarks): returns right-padded hypotheses without EOS and their lengths.
+    EOS cannot end a hypothesis shorter than ``min_len`` (fairseq-generate's ``--min-len``)."""
     bsz = caps.size(0)
     device = caps.device
     forbidden = ~action_mask.to(device)
@@ -399,7 +413,11 @@ def greedy_decode(model, net_input: Dict[str, Tensor], caps: Tensor, action_mask
             if rows.numel() == 0:
                 break
             logits = model.decoder(tokens, encoder_out=row_encoder_out, incremental_state=state)[0][:, -1, :]
-            best = logits.masked_fill(forbidden, float("-inf")).argmax(dim=1)
+            step_forbidden = forbidden
+            if step < min_len:
+                step_forbidden = forbidden.clone()
+                step_forbidden[eos] = True
+            best = logits.masked_fill(step_forbidden, float("-inf")).argmax(dim=1)
             stop = best.eq(eos) | (step >= caps[rows])
             lens[rows[stop]] = step
             go = ~stop

@@ -103,24 +103,46 @@ def test_training_step_is_finite_on_edge_case_batches(criterion, sampling):
         assert isinstance(value, (int, float)), key
 
 
-def test_validation_reports_the_cost_of_the_greedy_prediction():
-    task, model, crit = tiny.build("lstm", ["--criterion", "searnn_llcas", "--cost", "hamming"])
+def generate_cost_sum(task, model, sample, max_len_b):
+    """Summed Hamming cost of fairseq's own beam-1 search (what fairseq-generate scores)."""
+    from fairseq.sequence_generator import SequenceGenerator
+
     d = task.target_dictionary
+    generator = SequenceGenerator([model], d, beam_size=1, max_len_a=0, max_len_b=max_len_b)
+    total = 0.0
+    for b, hypos in enumerate(generator.generate([model], sample)):
+        hyp = [d[i] for i in hypos[0]["tokens"].tolist() if i != d.eos()]
+        ref = [d[i] for i in sample["target"][b].tolist() if i not in (d.eos(), d.pad())]
+        total += sum(x != y for x, y in zip(hyp, ref)) + abs(len(hyp) - len(ref))
+    return total
+
+
+def test_validation_scores_what_fairseq_generate_outputs():
+    task, model, crit = tiny.build("searnn_gru", ["--criterion", "searnn_llcas", "--cost", "hamming"])
+    sample = tiny.batch(task.target_dictionary, PAIRS)
+    model.eval()
+    with torch.no_grad():
+        _, _, log = crit(model, sample)
+        assert log["greedy_cost_sum"] == generate_cost_sum(task, model, sample, max_len_b=200)
+    assert model.training is False
+
+
+def test_validation_makes_a_model_that_never_stops_pay_for_its_whole_output():
+    """The length limit comes from --valid-max-len-b as in fairseq-generate, never from the
+    reference (which once capped a looping model at reference length + 5)."""
+    flags = ["--criterion", "searnn_llcas", "--cost", "hamming", "--valid-max-len-b", "9"]
+    task, model, crit = tiny.build("searnn_gru", flags)
+    d = task.target_dictionary
+    output_layer = model.decoder.output_layer
+    model.decoder.output_layer = lambda features: output_layer(features).index_fill(-1, torch.tensor([d.eos()]), -1e4)
     sample = tiny.batch(d, PAIRS)
     model.eval()
     with torch.no_grad():
         _, _, log = crit(model, sample)
-        from searnn_fairseq.rollout import greedy_decode
-
-        caps = torch.tensor([len(t) + 5 for _, t in PAIRS])
-        net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
-        hyps, lens = greedy_decode(model, net_input, caps, crit.action_mask, d.eos(), d.pad())
-    expected = 0.0
-    for b, (_, ref) in enumerate(PAIRS):
-        hyp = [d[i] for i in hyps[b, : lens[b]].tolist()]
-        expected += sum(x != y for x, y in zip(hyp, ref)) + abs(len(hyp) - len(ref))
+        expected = generate_cost_sum(task, model, sample, max_len_b=9)
+    # every hypothesis is 9 tokens long, so each costs at least 9 - len(reference)
+    assert expected >= sum(9 - len(t) for _, t in PAIRS)
     assert log["greedy_cost_sum"] == expected
-    assert model.training is False
 
 
 def test_reduce_metrics_logs_the_training_statistics():
@@ -190,6 +212,7 @@ def test_gradient_carrying_forward_goes_through_the_wrapped_model(flags):
         (["--sampled-tokens", "0"], "sampled-tokens"),
         (["--sampled-cells", "-1"], "sampled-cells"),
         (["--temperature", "0"], "temperature"),
+        (["--valid-max-len-b", "-1"], "valid-max-len"),
         (["--cost", "chunk_f1"], "BIO"),
         (["--token-sampling", "topk", "--full-softmax"], "only defined for searnn_ll"),
     ],

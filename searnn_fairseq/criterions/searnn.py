@@ -36,7 +36,7 @@ from searnn_fairseq.rollout import (
     check_incremental,
     greedy_decode,
     reference_lengths,
-    rollout_caps,
+    validation_caps,
     search,
 )
 from searnn_fairseq.sampling import TOKEN_SAMPLING_CHOICES, mark_duplicates, sample_cells, sample_tokens
@@ -96,6 +96,16 @@ class SearnnConfig(FairseqDataclass):
         default=1.0, metadata={"help": "learned roll-outs stop at EOS or after a * reference length + b tokens"}
     )
     rollout_max_len_b: int = field(default=5, metadata={"help": "see --rollout-max-len-a"})
+    valid_max_len_a: float = field(
+        default=0.0,
+        metadata={"help": "validation's greedy decoding stops at EOS or after a * source length + b tokens; "
+                          "the defaults are fairseq-generate's --max-len-a/--max-len-b, so the validation cost "
+                          "scores what fairseq-generate --beam 1 outputs"},
+    )
+    valid_max_len_b: int = field(default=200, metadata={"help": "see --valid-max-len-a"})
+    valid_min_len: int = field(
+        default=1, metadata={"help": "validation's greedy hypotheses are at least this long (fairseq-generate's --min-len)"}
+    )
     rollout_chunk_size: int = field(
         default=0,
         metadata={"help": "roll out this many sentences at a time to bound memory (0 = the whole batch at once)"},
@@ -158,6 +168,8 @@ class SearnnCriterion(FairseqCriterion):
             fail("--mle-weight and --cost-scale must be >= 0")
         if cfg.rollout_max_len_a < 0 or cfg.rollout_max_len_b < 0 or cfg.rollout_chunk_size < 0:
             fail("--rollout-max-len-a, --rollout-max-len-b and --rollout-chunk-size must be >= 0")
+        if cfg.valid_max_len_a < 0 or cfg.valid_max_len_b < 0 or cfg.valid_min_len < 0:
+            fail("--valid-max-len-a, --valid-max-len-b and --valid-min-len must be >= 0")
         if cfg.full_softmax and not cls.supports_full_softmax:
             fail(
                 "--full-softmax is only defined for searnn_ll (LLCAS, SHL and KL would need costs for the "
@@ -315,9 +327,11 @@ class SearnnCriterion(FairseqCriterion):
         target = sample["target"]
         nll = self.teacher_forced_nll(model, sample)
         _, ref_lens = reference_lengths(target, self.padding_idx, self.eos)
-        caps = rollout_caps(ref_lens, self.policy, model)
         net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
-        hyps, hyp_lens = greedy_decode(model, net_input, caps, self.action_mask, self.eos, self.padding_idx)
+        caps = validation_caps(net_input["src_lengths"], self.cfg.valid_max_len_a, self.cfg.valid_max_len_b, model)
+        hyps, hyp_lens = greedy_decode(
+            model, net_input, caps, self.action_mask, self.eos, self.padding_idx, min_len=self.cfg.valid_min_len
+        )
         greedy_cost = self.cost(hyps, hyp_lens, target, ref_lens)
         ntokens = sample["ntokens"]
         logging_output = {
