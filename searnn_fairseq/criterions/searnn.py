@@ -36,8 +36,8 @@ from searnn_fairseq.rollout import (
     check_incremental,
     greedy_decode,
     reference_lengths,
-    validation_caps,
     search,
+    validation_caps,
 )
 from searnn_fairseq.sampling import TOKEN_SAMPLING_CHOICES, mark_duplicates, sample_cells, sample_tokens
 
