@@ -401,6 +401,8 @@ def greedy_decode(
     bsz = caps.size(0)
     device = caps.device
     forbidden = ~action_mask.to(device)
+    forbidden_before_min_len = forbidden.clone()
+    forbidden_before_min_len[eos] = True
     with eval_mode(model):
         encoder_out = model.encoder.forward_torchscript(net_input)
         row_encoder_out = encoder_out
@@ -413,10 +415,7 @@ def greedy_decode(
             if rows.numel() == 0:
                 break
             logits = model.decoder(tokens, encoder_out=row_encoder_out, incremental_state=state)[0][:, -1, :]
-            step_forbidden = forbidden
-            if step < min_len:
-                step_forbidden = forbidden.clone()
-                step_forbidden[eos] = True
+            step_forbidden = forbidden_before_min_len if step < min_len else forbidden
             best = logits.masked_fill(step_forbidden, float("-inf")).argmax(dim=1)
             stop = best.eq(eos) | (step >= caps[rows])
             lens[rows[stop]] = step
