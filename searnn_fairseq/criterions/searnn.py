@@ -100,7 +100,8 @@ class SearnnConfig(FairseqDataclass):
         default=0.0,
         metadata={"help": "validation's greedy decoding stops at EOS or after a * source length + b tokens; "
                           "the defaults are fairseq-generate's --max-len-a/--max-len-b, so the validation cost "
-                          "scores what fairseq-generate --beam 1 outputs"},
+                          "scores what fairseq-generate --beam 1 outputs (with a > 0, fairseq-generate takes "
+                          "the batch's padded source width instead of each sentence's length)"},
     )
     valid_max_len_b: int = field(default=200, metadata={"help": "see --valid-max-len-a"})
     valid_min_len: int = field(
