@@ -8,6 +8,13 @@ cost. A finished run appends one JSON line to the results file
 wall time, the exact commands, the validation curve); a run already recorded
 there is skipped, so a script can be stopped and restarted at any time. Runs go ``--jobs`` at a time,
 one torch thread each, so two runs use both cores.
+
+An invocation may be given a time budget (``--budget-hours``): its runs stop when it is spent and
+are snapshotted (checkpoints and log) to a directory outside the repository (``--snapshot-dir``,
+default ``$SEARNN_SNAPSHOTS`` or ``~/.cache/searnn-fairseq/snapshots``), from which a later
+invocation resumes them. Checkpoints never go into the repository; to move a run to another
+machine, copy its snapshot folder there, or a weights-only fp16 one (``--snapshot --weights-only``,
+at most 10 MB a checkpoint).
 """
 
 import argparse
@@ -54,17 +61,20 @@ class Experiment:
     common: List[str]  # task, model and optimisation flags shared by every run
     scoring: str  # fairseq-generate --scoring
     generate_flags: List[str] = field(default_factory=list)
-    # committed with the code (examples/results/TASK.jsonl), so a later session resumes the grid
+    # committed with the code (examples/results/TASK.jsonl), so a later invocation resumes the grid
     results: str = ""
     device: str = "cpu"  # "cuda": fairseq's own default device, the GPU
     # this invocation trains for at most this many hours from its start (0: no limit); not part of
     # a run's identity: a run stopped by it is resumed by the next invocation, not recorded
-    session_hours: float = 0.0
-    session_end: float = field(init=False, default=0.0)  # time.time() at which the session ends
+    budget_hours: float = 0.0
+    # where unfinished runs are snapshotted, outside the repository (default: default_snapshot_root())
+    snapshots: str = ""
+    budget_end: float = field(init=False, default=0.0)  # time.time() at which the budget runs out
 
     def __post_init__(self):
         self.results = self.results or default_results(self.task)
-        self.session_end = time.time() + self.session_hours * 3600 if self.session_hours > 0 else 0.0
+        self.snapshots = outside_the_repository(self.snapshots or default_snapshot_root())
+        self.budget_end = time.time() + self.budget_hours * 3600 if self.budget_hours > 0 else 0.0
 
 
 def default_results(task: str) -> str:
@@ -171,35 +181,114 @@ SNAPSHOT_FILES = ("checkpoint_last.pt", "train.log")
 # fairseq writes checkpoint_best.pt only on a new best, so a run snapshotted after a worse epoch
 # needs its best one too, or it may end with none to test. Optional: older snapshots lack it.
 BEST_CHECKPOINT = "checkpoint_best.pt"
+# Beside the checkpoints of a weights-only snapshot, and of a run resumed from one: its recorded
+# row says so, as such a run is not the run trained without the move (its optimizer restarted).
+WEIGHTS_ONLY_MARKER = "weights_only.json"
+OPTIONAL_SNAPSHOT_FILES = (BEST_CHECKPOINT, WEIGHTS_ONLY_MARKER)
+# The most a weights-only checkpoint may take: small enough to send anywhere a run must move.
+WEIGHTS_ONLY_MAX_BYTES = 10_000_000
+
+
+def default_snapshot_root() -> str:
+    """``$SEARNN_SNAPSHOTS``, else the user's cache: never the repository, which carries no checkpoints."""
+    configured = os.environ.get("SEARNN_SNAPSHOTS")
+    if configured:
+        return os.path.abspath(os.path.expanduser(configured))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(os.path.abspath(cache), "searnn-fairseq", "snapshots")
+
+
+def outside_the_repository(path: str) -> str:
+    """``path`` made absolute; a path inside the repository is refused, so no checkpoint lands in its tree."""
+    absolute = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    repo = os.path.realpath(REPO)
+    if absolute == repo or absolute.startswith(repo + os.sep):
+        raise ValueError(f"snapshot directory {path} is inside the repository ({repo}); checkpoints do not belong "
+                         "in it: choose a directory outside it (--snapshot-dir or $SEARNN_SNAPSHOTS)")
+    return absolute
 
 
 def copy_snapshot_files(source: str, target: str) -> None:
     for name in SNAPSHOT_FILES:
         shutil.copy2(os.path.join(source, name), os.path.join(target, name))
-    if os.path.exists(os.path.join(source, BEST_CHECKPOINT)):
-        shutil.copy2(os.path.join(source, BEST_CHECKPOINT), os.path.join(target, BEST_CHECKPOINT))
+    for name in OPTIONAL_SNAPSHOT_FILES:
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copy2(os.path.join(source, name), os.path.join(target, name))
 
 
 def snapshot_dir(experiment: Experiment, run: Run) -> str:
-    """Beside the results file, so that a commit carries it to the next machine (``runs/`` stays behind)."""
-    return os.path.join(os.path.splitext(experiment.results)[0] + "_unfinished", run.name)
+    """SNAPSHOTS/TASK/RESULTS/RUN: one folder per results file, as a run's name is unique only within one."""
+    results = os.path.splitext(os.path.basename(experiment.results))[0]
+    return os.path.join(experiment.snapshots, experiment.task, results, run.name)
 
 
-def save_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print) -> None:
+def compact_checkpoint(state: dict) -> dict:
+    """A checkpoint reduced to what a run needs to go on: the model's floating-point weights in fp16,
+    the config, the training position (epoch, updates, time, early-stopping state) and the optimizer's
+    parameter groups, without its moments, the bulk of a checkpoint. fairseq resumes from it with the
+    update count and learning-rate schedule restored and the optimizer's moments started afresh."""
+    compact = {key: value for key, value in state.items() if key != "last_optimizer_state"}
+    compact["model"] = {name: tensor.half() if tensor.is_floating_point() else tensor
+                        for name, tensor in state["model"].items()}
+    optimizer = state.get("last_optimizer_state")
+    if optimizer is not None:
+        compact["last_optimizer_state"] = {"state": {}, "param_groups": optimizer["param_groups"]}
+    return compact
+
+
+def weights_only_bytes(path: str) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(compact_checkpoint(torch.load(path, map_location="cpu", weights_only=False)), buffer)
+    return buffer.getvalue()
+
+
+def write_weights_only_snapshot(experiment: Experiment, run: Run, save_dir: str, target: str) -> None:
+    """The run's checkpoints as weights-only fp16 copies, its log and a marker, in ``target``; refused
+    (SystemExit, nothing written) when a copy exceeds WEIGHTS_ONLY_MAX_BYTES."""
+    copies = {}
+    for name in (SNAPSHOT_FILES[0], BEST_CHECKPOINT):
+        if os.path.exists(os.path.join(save_dir, name)):
+            copies[name] = weights_only_bytes(os.path.join(save_dir, name))
+            if len(copies[name]) > WEIGHTS_ONLY_MAX_BYTES:
+                raise SystemExit(
+                    f"[{experiment.task}] {run.name}: the weights-only fp16 copy of {name} takes "
+                    f"{len(copies[name]) / 1e6:.1f} MB, over the {WEIGHTS_ONLY_MAX_BYTES / 1e6:g} MB limit; "
+                    f"move the full snapshot instead (--snapshot without --weights-only)")
+    shutil.rmtree(target, ignore_errors=True)  # a full and a weights-only snapshot of one run do not mix
+    os.makedirs(target)
+    for name, data in copies.items():
+        with open(os.path.join(target, name), "wb") as out:
+            out.write(data)
+    shutil.copy2(os.path.join(save_dir, SNAPSHOT_FILES[1]), os.path.join(target, SNAPSHOT_FILES[1]))
+    with open(os.path.join(target, WEIGHTS_ONLY_MARKER), "w") as out:
+        json.dump({"weights": "float16", "optimizer_moments": "dropped"}, out)
+        out.write("\n")
+
+
+def save_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print, weights_only: bool = False) -> None:
     target = snapshot_dir(experiment, run)
-    os.makedirs(target, exist_ok=True)
-    copy_snapshot_files(save_dir, target)
-    log(f"[{experiment.task}] {run.name}: snapshot in {target}")
+    if weights_only:
+        write_weights_only_snapshot(experiment, run, save_dir, target)
+    else:
+        shutil.rmtree(target, ignore_errors=True)  # nor a weights-only snapshot's marker with full checkpoints
+        os.makedirs(target)
+        copy_snapshot_files(save_dir, target)
+    log(f"[{experiment.task}] {run.name}: {'weights-only ' if weights_only else ''}snapshot in {target}")
 
 
-def save_snapshots(experiment: Experiment, runs: List[Run], log=print) -> None:
-    """Copy every unrecorded run's checkpoints and train.log beside the results file."""
+def save_snapshots(experiment: Experiment, runs: List[Run], log=print, weights_only: bool = False) -> None:
+    """Copy every unrecorded run's checkpoints and train.log to the snapshot directory (with
+    ``weights_only``: the checkpoints' weights-only fp16 copies)."""
     done = recorded(experiment)
     for run in runs:
         save_dir = os.path.join(experiment.work_dir, run.name)
         if is_recorded(done, experiment, run) or not os.path.exists(os.path.join(save_dir, SNAPSHOT_FILES[0])):
             continue
-        save_snapshot(experiment, run, save_dir, log)
+        save_snapshot(experiment, run, save_dir, log, weights_only)
 
 
 def restore_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print) -> None:
@@ -208,11 +297,16 @@ def restore_snapshot(experiment: Experiment, run: Run, save_dir: str, log=print)
     if os.path.exists(os.path.join(save_dir, SNAPSHOT_FILES[0])) or not os.path.exists(os.path.join(source, SNAPSHOT_FILES[0])):
         return
     copy_snapshot_files(source, save_dir)
-    log(f"[{experiment.task}] {run.name}: resuming from the snapshot in {source}")
+    kind = "weights-only snapshot (the optimizer's moments restart)" if resumed_from_weights_only(save_dir) else "snapshot"
+    log(f"[{experiment.task}] {run.name}: resuming from the {kind} in {source}")
+
+
+def resumed_from_weights_only(save_dir: str) -> bool:
+    return os.path.exists(os.path.join(save_dir, WEIGHTS_ONLY_MARKER))
 
 
 def trained_hours(save_dir: str) -> float:
-    """The training time a run's last checkpoint has accumulated over all its sessions (fairseq's
+    """The training time a run's last checkpoint has accumulated over all its invocations (fairseq's
     own count, the one ``--stop-time-hours`` is compared with)."""
     path = os.path.join(save_dir, SNAPSHOT_FILES[0])
     if not os.path.exists(path):
@@ -228,21 +322,21 @@ def own_cap(common: List[str]) -> float:
     return float(common[common.index("--stop-time-hours") + 1]) if "--stop-time-hours" in common else 0.0
 
 
-def session_left(experiment: Experiment) -> float:
-    """Hours left of this invocation's session (infinite without one)."""
-    return (experiment.session_end - time.time()) / 3600 if experiment.session_end else math.inf
+def budget_left(experiment: Experiment) -> float:
+    """Hours left of this invocation's time budget (infinite without one)."""
+    return (experiment.budget_end - time.time()) / 3600 if experiment.budget_end else math.inf
 
 
-# a run is not started with less session left than this: its start-up alone would take most of it
-MIN_SESSION_HOURS = 2 / 60
+# a run is not started with less budget left than this: its start-up alone would take most of it
+MIN_BUDGET_HOURS = 2 / 60
 
 
-def session_cap(experiment: Experiment, save_dir: str) -> float:
-    """The --stop-time-hours that ends this session's share of a run (0: none needed): its
-    accumulated time plus what is left of the session, unless the run's own cap comes first.
+def budget_cap(experiment: Experiment, save_dir: str) -> float:
+    """The --stop-time-hours that ends this invocation's share of a run (0: none needed): its
+    accumulated time plus what is left of the budget, unless the run's own cap comes first.
     fairseq then stops gracefully, mid-epoch if need be, with a checkpoint the next invocation
-    resumes. Runs that start late in the session (after others, ``--jobs`` at a time) get less."""
-    left = session_left(experiment)
+    resumes. Runs that start late in the budget (after others, ``--jobs`` at a time) get less."""
+    left = budget_left(experiment)
     if math.isinf(left):
         return 0.0
     cap = trained_hours(save_dir) + left
@@ -259,21 +353,21 @@ def run_one(experiment: Experiment, run: Run, threads: int, log=print) -> Option
     signature = run.signature(experiment)
     if finished_training(save_dir, signature):
         log(f"[{experiment.task}] {run.name}: training already finished")
-    elif session_left(experiment) < MIN_SESSION_HOURS:
-        log(f"[{experiment.task}] {run.name}: not started, the session is over; the next invocation trains it")
+    elif budget_left(experiment) < MIN_BUDGET_HOURS:
+        log(f"[{experiment.task}] {run.name}: not started, the time budget is spent; the next invocation trains it")
         return None
     else:
         log(f"[{experiment.task}] {run.name}: training (log: {train_log})")
-        cap = session_cap(experiment, save_dir)
-        session = ["--stop-time-hours", f"{cap:.6g}"] if cap else []  # the last one given is fairseq's
+        cap = budget_cap(experiment, save_dir)
+        budget = ["--stop-time-hours", f"{cap:.6g}"] if cap else []  # the last one given is fairseq's
         with open(train_log, "a") as out:
-            subprocess.run(command + session, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT,
+            subprocess.run(command + budget, cwd=REPO, env=environment(threads), stdout=out, stderr=subprocess.STDOUT,
                            check=True)
         trained = trained_hours(save_dir) if cap else 0.0
         if cap and trained >= cap:
-            log(f"[{experiment.task}] {run.name}: stopped for this session after {trained:.2f} h of "
+            log(f"[{experiment.task}] {run.name}: stopped at the end of the time budget after {trained:.2f} h of "
                 "training in all; the next invocation resumes it")
-            # the session's end is when a machine's runs/ is lost: keep the run where a commit carries it
+            # a budget often ends with the machine's lease, and runs/ with it: keep the run outside the tree
             save_snapshot(experiment, run, save_dir, log)
             return None
         with open(os.path.join(save_dir, FINISHED), "w") as f:
@@ -305,6 +399,7 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
         "train_command": portable(command),
         "generate_command": portable(generate),
         "curve": curve,
+        **({"resumed_from_weights_only": True} if resumed_from_weights_only(save_dir) else {}),
         **extra,
     }
     os.makedirs(os.path.dirname(experiment.results), exist_ok=True)
@@ -467,15 +562,15 @@ def parse_score(output: str, scoring: str) -> float:
 
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| ([\w.]+) \| (.*?)\s*$")
-# the first thing every fairseq-train process logs about its checkpoint: a session starts
-SESSION_START = "Preparing to load checkpoint"
+# the first thing every fairseq-train process logs about its checkpoint: a process starts
+PROCESS_START = "Preparing to load checkpoint"
 
 
 def validation_curve(train_log: str) -> List[dict]:
     """(updates, wall seconds, valid cost) at every validation, across resumes.
 
     Wall time is read off the log's timestamps from the start of each
-    fairseq-train session, earlier sessions' time (to their last progress
+    fairseq-train process, earlier processes' time (to their last progress
     line) carried over: fairseq's own
     ``wall`` does not survive a resume (0.12 restores its stopwatch stopped,
     and a resumed run logs ``"wall": "0"`` to the end).
@@ -487,13 +582,13 @@ def validation_curve(train_log: str) -> List[dict]:
             if not match:
                 continue
             stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
-            if match.group(3).startswith(SESSION_START):
+            if match.group(3).startswith(PROCESS_START):
                 if last is not None:
                     carried += last - start
                 start, last = stamp, None
                 continue
             if match.group(2) not in ("train_inner", "train", "valid"):
-                continue  # a new session logs a few lines before its marker
+                continue  # a new process logs a few lines before its marker
             start = stamp if start is None else start
             last = stamp
             if match.group(2) == "valid" and '"valid_cost"' in match.group(3):
@@ -613,19 +708,52 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                              'after them, e.g. "sLL policy, --clip-norm 5", recorded in '
                              'examples/results/TASK-diagnostics.jsonl unless --results says otherwise')
     parser.add_argument("--results", help="results file (default: examples/results/TASK.jsonl)")
-    parser.add_argument("--session-hours", type=float, default=0,
-                        help="end this invocation's training this many hours after its start: each run "
-                             "stops then (mid-epoch if need be) with a checkpoint that the next invocation "
-                             "resumes, snapshotted as --snapshot does, and no run starts later; unlike --stop-time-hours it does not change "
-                             "the runs (e.g. to fit a lent GPU's minutes or a session's end)")
+    parser.add_argument("--budget-hours", type=float, default=0, metavar="H",
+                        help="the time budget of this invocation: end its training H hours after its start. Each "
+                             "run stops then (mid-epoch if need be) with a checkpoint that the next invocation "
+                             "resumes, snapshotted as --snapshot does, and no run starts later; unlike "
+                             "--stop-time-hours it does not change the runs (e.g. to fit a lent GPU's minutes)")
+    # the option's former name, accepted so that older command lines still run
+    parser.add_argument("--session-hours", type=float, dest="budget_hours", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--reevaluate", action="store_true",
                         help="train nothing: test the chosen recorded runs' best checkpoints again (those on "
                              "this machine) and append their rows, which supersede the old ones")
     parser.add_argument("--snapshot", action="store_true",
-                        help="train nothing: copy the unfinished runs' checkpoint_last.pt and train.log to "
-                             "RESULTS_unfinished/RUN/ (commit them; a later run of the script on any machine "
-                             "resumes from there)")
+                        help="train nothing: copy the unfinished runs' checkpoint_last.pt, checkpoint_best.pt and "
+                             "train.log to SNAPSHOT_DIR/TASK/RESULTS/RUN/ (RESULTS: the results file's name without "
+                             ".jsonl); a later invocation given the same "
+                             "--snapshot-dir (on this machine, or on another after copying the directory there) "
+                             "resumes from it")
+    parser.add_argument("--weights-only", action="store_true",
+                        help="with --snapshot: write weights-only fp16 copies of the checkpoints (model, config, "
+                             f"training position; no optimizer moments), at most {WEIGHTS_ONLY_MAX_BYTES // 10**6} MB "
+                             "each, refused if larger, for moving a run to another machine; a run resumed from "
+                             "one restarts its optimizer's moments and its recorded row says so")
+    parser.add_argument("--snapshot-dir", type=snapshot_root_argument, default=None, metavar="DIR",
+                        help="where snapshots are written and read, outside the repository (default: "
+                             "$SEARNN_SNAPSHOTS, else $XDG_CACHE_HOME or ~/.cache, then searnn-fairseq/snapshots)")
     return parser
+
+
+def snapshot_root_argument(path: str) -> str:
+    try:
+        return outside_the_repository(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line, with the options that only make sense together checked."""
+    args = parser.parse_args(argv)
+    if args.weights_only and not args.snapshot:
+        parser.error("--weights-only applies to --snapshot only")
+    return args
+
+
+def take_snapshots(args: argparse.Namespace, experiment: Experiment, runs: List[Run]) -> None:
+    """``--snapshot``: the unfinished runs' checkpoints to the snapshot directory."""
+    save_snapshots(experiment, runs, weights_only=args.weights_only)
 
 
 def capped(common: List[str], stop_time_hours: float) -> List[str]:

@@ -275,33 +275,33 @@ def test_no_batch_is_dropped_when_the_dataset_size_is_not_a_multiple_of_eight():
         assert sorted(np.concatenate(batches).tolist()) == list(range(13))
 
 
-def test_a_run_stopped_by_the_session_limit_is_resumed_by_the_next_invocation_not_recorded(data_bin, tmp_path,
-                                                                                           monkeypatch):
+def test_a_run_stopped_by_the_time_budget_is_resumed_by_the_next_invocation_not_recorded(data_bin, tmp_path,
+                                                                                         monkeypatch):
     sys.path.insert(0, REPO)
     from examples import runner
 
-    monkeypatch.setattr(runner, "MIN_SESSION_HOURS", 0.0)
+    monkeypatch.setattr(runner, "MIN_BUDGET_HOURS", 0.0)
 
     run_ = runner.Run("LLCAS", 3, SEARNN)
     experiment = runner.Experiment(
         task="t", data=data_bin, work_dir=str(tmp_path), scoring="hamming", results=str(tmp_path / "t.jsonl"),
         common=["--task", "translation", *ARCH_FLAGS["searnn_gru"], "--optimizer", "adam", "--lr", "0.005",
                 "--batch-size", "16", "--max-epoch", "2", "--log-interval", "1"],
-        session_hours=1)
+        budget_hours=1, snapshots=str(tmp_path / "snapshots"))
     # half a second left: fairseq's stop-time check comes after each update, so it stops after the first
-    experiment.session_end = time.time() + 0.5
+    experiment.budget_end = time.time() + 0.5
     quiet = dict(threads=1, log=lambda *_: None)
     save_dir = tmp_path / run_.name
     assert runner.run_one(experiment, run_, **quiet) is None
     assert not (tmp_path / "t.jsonl").exists() and not (save_dir / runner.FINISHED).exists()
     extra = torch.load(save_dir / "checkpoint_last.pt", weights_only=False)["extra_state"]
     assert (extra["train_iterator"]["epoch"], extra["train_iterator"]["iterations_in_epoch"]) == (1, 1)
-    snapshot = tmp_path / "t_unfinished" / run_.name  # taken at the stop, without --snapshot
+    snapshot = tmp_path / "snapshots" / "t" / "t" / run_.name  # taken at the stop, without --snapshot
     assert sorted(os.listdir(snapshot)) == ["checkpoint_best.pt", "checkpoint_last.pt", "train.log"]
 
-    row = runner.run_one(replace(experiment, session_hours=0), run_, **quiet)
-    assert row["updates"] == 12  # 96 sentences in batches of 16, 2 epochs: the first session's update counted once
+    row = runner.run_one(replace(experiment, budget_hours=0), run_, **quiet)
+    assert row["updates"] == 12  # 96 sentences in batches of 16, 2 epochs: the first invocation's update counted once
     assert [p["updates"] for p in row["curve"]] == [1, 6, 12]
-    assert "--stop-time-hours" not in row["train_command"]  # the session's stop is not part of the run
+    assert "--stop-time-hours" not in row["train_command"]  # the budget's stop is not part of the run
     assert runner.recorded(experiment)[run_.name]["test_error"] == row["test_error"]
     assert not snapshot.exists()  # recorded: nothing left to resume

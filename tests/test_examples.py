@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from examples import runner  # noqa: E402
 
-# Two sessions, as fairseq 0.12 logs them: the resumed one reports "wall": "0" throughout.
+# Two fairseq-train processes, as fairseq 0.12 logs them: the resumed one reports "wall": "0" throughout.
 LOG = """\
 2026-11-25 09:59:50 | INFO | fairseq.trainer | Preparing to load checkpoint runs/x/checkpoint_last.pt
 2026-11-25 10:00:00 | INFO | train_inner | {"epoch": 1, "loss": "4.1", "num_updates": "50", "wall": "10"}
@@ -34,7 +34,7 @@ def test_validation_curve_reads_updates_cost_and_wall_across_a_resume(tmp_path):
     curve = runner.validation_curve(str(log))
     assert [p["updates"] for p in curve] == [89, 178]
     assert [p["cost"] for p in curve] == [7.5, 2.25]
-    # 15 s into the first session; then its 16 s (to its last progress line) + 12 s into the second
+    # 15 s into the first process; then its 16 s (to its last progress line) + 12 s into the second
     assert math.isclose(curve[0]["wall"], 15.0) and math.isclose(curve[1]["wall"], 28.0)
 
 
@@ -118,10 +118,11 @@ def test_gpu_runs_drop_cpu_and_a_time_cap_makes_a_different_run(tmp_path):
     assert runner.is_recorded({run.name: row}, capped, run) and not runner.is_recorded({run.name: row}, cpu, run)
 
 
-def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
+def test_an_unfinished_run_travels_as_a_snapshot_outside_the_repository(tmp_path):
     run, finished = runner.Run("LL learned/mixed", 1, ["--criterion", "searnn_ll"]), runner.Run("MLE", 1, [])
+    snapshots = tmp_path / "snapshots"
     trained = runner.Experiment(task="t", data="d", work_dir=str(tmp_path / "here"), common=[], scoring="edit",
-                                results=str(tmp_path / "results" / "t.jsonl"))
+                                results=str(tmp_path / "results" / "t.jsonl"), snapshots=str(snapshots))
     for r in (run, finished):
         (tmp_path / "here" / r.name).mkdir(parents=True)
         (tmp_path / "here" / r.name / "checkpoint_last.pt").write_bytes(b"state of " + r.name.encode())
@@ -132,21 +133,79 @@ def test_an_unfinished_run_travels_as_a_snapshot_beside_the_results(tmp_path):
     (tmp_path / "results" / "t.jsonl").write_text(
         '{"run": "%s", "train_command": "x %s y"}\n' % (finished.name, finished.signature(trained)))
     runner.save_snapshots(trained, [run, finished], log=lambda *_: None)
-    snapshot = tmp_path / "results" / "t_unfinished"
+    snapshot = snapshots / "t" / "t"
     assert sorted(p.name for p in snapshot.iterdir()) == [run.name]  # the recorded run needs none
-    # another machine: same results file, empty runs folder
+    assert not list((tmp_path / "results").glob("*_unfinished"))
+    # another machine: same results file and snapshot directory (copied there), empty runs folder
     elsewhere = runner.Experiment(task="t", data="d", work_dir=str(tmp_path / "there"), common=[], scoring="edit",
-                                  results=trained.results)
+                                  results=trained.results, snapshots=str(snapshots))
     save_dir = tmp_path / "there" / run.name
     save_dir.mkdir(parents=True)
     runner.restore_snapshot(elsewhere, run, str(save_dir), log=lambda *_: None)
     assert (save_dir / "checkpoint_last.pt").read_bytes() == b"state of " + run.name.encode()
     assert (save_dir / "checkpoint_best.pt").read_bytes() == b"best of " + run.name.encode()
     assert (save_dir / "train.log").read_text() == "log of " + run.name
+    assert not runner.resumed_from_weights_only(str(save_dir))
     # a machine that has its own, newer checkpoint keeps it
     (save_dir / "checkpoint_last.pt").write_bytes(b"newer")
     runner.restore_snapshot(elsewhere, run, str(save_dir), log=lambda *_: None)
     assert (save_dir / "checkpoint_last.pt").read_bytes() == b"newer"
+
+
+def test_snapshots_go_outside_the_repository_by_default_and_refuse_a_directory_inside_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEARNN_SNAPSHOTS", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert runner.default_snapshot_root() == str(tmp_path / "cache" / "searnn-fairseq" / "snapshots")
+    monkeypatch.setenv("SEARNN_SNAPSHOTS", str(tmp_path / "mine"))
+    plain = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit")
+    assert plain.snapshots == str(tmp_path / "mine")
+    inside = os.path.join(runner.REPO, "examples", "results")
+    with pytest.raises(ValueError, match="inside the repository"):
+        runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit", snapshots=inside)
+    parser = runner.common_arguments("")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--snapshot-dir", inside])
+    assert parser.parse_args(["--snapshot-dir", str(tmp_path / "s")]).snapshot_dir == str(tmp_path / "s")
+    with pytest.raises(SystemExit):
+        runner.parse_arguments(parser, ["--weights-only"])  # only with --snapshot
+
+
+def test_a_weights_only_snapshot_keeps_fp16_weights_and_the_training_position_and_refuses_more_than_10_mb(
+        tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    run = runner.Run("LL learned/mixed", 1, ["--criterion", "searnn_ll"])
+    experiment = runner.Experiment(task="t", data="d", work_dir=str(tmp_path / "here"), common=[], scoring="edit",
+                                   results=str(tmp_path / "t.jsonl"), snapshots=str(tmp_path / "snapshots"))
+    save_dir = tmp_path / "here" / run.name
+    save_dir.mkdir(parents=True)
+    weight = torch.randn(300, 300)
+    state = {
+        "model": {"w": weight, "steps": torch.tensor([3])},
+        "last_optimizer_state": {"state": {0: {"exp_avg": torch.randn(300, 300)}}, "param_groups": [{"lr": 0.001}]},
+        "optimizer_history": [{"num_updates": 7}],
+        "extra_state": {"train_iterator": {"epoch": 2, "iterations_in_epoch": 3}, "previous_training_time": 60.0},
+    }
+    torch.save(state, save_dir / "checkpoint_last.pt")
+    (save_dir / "train.log").write_text("log")
+    runner.save_snapshots(experiment, [run], log=lambda *_: None, weights_only=True)
+    target = tmp_path / "snapshots" / "t" / "t" / run.name
+    compact = torch.load(target / "checkpoint_last.pt", weights_only=False)
+    assert compact["model"]["w"].dtype == torch.float16 and torch.allclose(compact["model"]["w"].float(), weight,
+                                                                           atol=1e-2)
+    assert compact["model"]["steps"].dtype == torch.int64
+    assert compact["last_optimizer_state"] == {"state": {}, "param_groups": [{"lr": 0.001}]}
+    assert compact["extra_state"] == state["extra_state"] and compact["optimizer_history"] == [{"num_updates": 7}]
+    assert (target / "checkpoint_last.pt").stat().st_size < (save_dir / "checkpoint_last.pt").stat().st_size / 3
+    # a run resumed from it is marked, and its recorded row will say so
+    there = tmp_path / "there" / run.name
+    there.mkdir(parents=True)
+    runner.restore_snapshot(experiment, run, str(there), log=lambda *_: None)
+    assert runner.resumed_from_weights_only(str(there))
+    # too large: refused with the size, and the earlier snapshot left as it was
+    monkeypatch.setattr(runner, "WEIGHTS_ONLY_MAX_BYTES", 100_000)
+    with pytest.raises(SystemExit, match=r"0\.2 MB, over the 0\.1 MB limit"):
+        runner.save_snapshots(experiment, [run], log=lambda *_: None, weights_only=True)
+    assert (target / "checkpoint_last.pt").exists()
 
 
 def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, monkeypatch):
@@ -224,17 +283,17 @@ def test_a_capped_run_that_ended_before_its_cap_counts_as_the_uncapped_run(tmp_p
         str(capped_file.parent / "t.jsonl"))
 
 
-def test_a_session_cap_adds_what_is_left_of_the_session_to_the_runs_trained_time_unless_its_own_cap_comes_first(
+def test_a_budget_cap_adds_what_is_left_of_the_budget_to_the_runs_trained_time_unless_its_own_cap_comes_first(
         tmp_path):
     torch = pytest.importorskip("torch")
     torch.save({"extra_state": {"previous_training_time": 5 * 3600.0}}, tmp_path / "checkpoint_last.pt")
 
-    def session(common, session_hours):
+    def budget(common, budget_hours):
         return runner.Experiment(task="t", data="d", work_dir="w", common=common, scoring="edit",
-                                 session_hours=session_hours)
+                                 budget_hours=budget_hours, snapshots=str(tmp_path / "snapshots"))
 
-    def cap(common, session_hours, save_dir=tmp_path):
-        return runner.session_cap(session(common, session_hours), str(save_dir))
+    def cap(common, budget_hours, save_dir=tmp_path):
+        return runner.budget_cap(budget(common, budget_hours), str(save_dir))
 
     assert runner.trained_hours(str(tmp_path)) == 5.0
     assert math.isclose(cap(["--max-epoch", "30"], 1.5), 6.5, abs_tol=1e-3)
@@ -242,12 +301,12 @@ def test_a_session_cap_adds_what_is_left_of_the_session_to_the_runs_trained_time
     assert cap(runner.capped(["--max-epoch", "30"], 6), 1.5) == 0.0  # its own cap stops it first: a recorded run
     assert cap(["--max-epoch", "30"], 0) == 0.0
     assert math.isclose(cap(["--max-epoch", "30"], 1.5, tmp_path / "new-run"), 1.5, abs_tol=1e-3)
-    # a run that starts after another has used 1 h of the session gets what is left
-    late = session(["--max-epoch", "30"], 1.5)
-    late.session_end -= 3600
-    assert math.isclose(runner.session_cap(late, str(tmp_path)), 5.5, abs_tol=1e-3)
-    # and none starts once the session is over
-    late.session_end -= 3600
+    # a run that starts after another has used 1 h of the budget gets what is left
+    late = budget(["--max-epoch", "30"], 1.5)
+    late.budget_end -= 3600
+    assert math.isclose(runner.budget_cap(late, str(tmp_path)), 5.5, abs_tol=1e-3)
+    # and none starts once the budget is spent
+    late.budget_end -= 3600
     late.work_dir = str(tmp_path / "w")
     run = runner.Run("LL", 1, ["--criterion", "searnn_ll"])
     assert runner.run_one(late, run, threads=1, log=lambda *_: None) is None
@@ -309,8 +368,9 @@ def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_na
     (tmp_path / "work" / "mle-seed2" / "train.log").write_text("log")
     subprocess.run([sys.executable, os.path.join(runner.REPO, "examples", "spelling", "run.py"), "--noise", "0.3",
                     "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "d.jsonl"), "--seeds", "2",
-                    "--configs", "MLE", "--extra-flags", "--clip-norm 5", "--snapshot"], check=True, capture_output=True)
-    snapshot = tmp_path / "d_unfinished"
+                    "--configs", "MLE", "--extra-flags", "--clip-norm 5", "--snapshot",
+                    "--snapshot-dir", str(tmp_path / "snapshots")], check=True, capture_output=True)
+    snapshot = tmp_path / "snapshots" / "spelling-0.3" / "d"
     assert [p.name for p in snapshot.iterdir()] == ["mle-clip-norm-5-seed2"]
     assert (snapshot / "mle-clip-norm-5-seed2" / "checkpoint_last.pt").read_bytes() == b"state"
 

@@ -52,7 +52,7 @@ def main():
     parser = runner.common_arguments(__doc__)
     parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "main"))
     parser.set_defaults(stop_time_hours=HOURS_PER_RUN)
-    args = parser.parse_args()
+    args = runner.parse_arguments(parser)
     os.makedirs(args.work_dir, exist_ok=True)
     data = data_dir(args.work_dir)
     if not os.path.exists(os.path.join(data, "meta.json")):
@@ -62,11 +62,11 @@ def main():
     experiment = runner.Experiment(
         task="ocr-main-job", data=data, work_dir=args.work_dir, scoring="hamming",
         results=args.results or os.path.join(args.work_dir, "results.jsonl"), device=args.device,
-        session_hours=args.session_hours,
+        budget_hours=args.budget_hours, snapshots=args.snapshot_dir,
         common=runner.capped(COMMON, args.stop_time_hours), generate_flags=GENERATE,
     )
     if args.snapshot:
-        return runner.save_snapshots(experiment, RUNS)
+        return runner.take_snapshots(args, experiment, RUNS)
     rows = runner.run_all(experiment, RUNS, jobs=args.jobs)
     table = runner.summary(rows, "main")
     print("\nOCR, test Hamming error (%), fairseq-generate --beam 1 --scoring hamming:")

@@ -72,7 +72,7 @@ def experiment(args, data: str) -> runner.Experiment:
     return runner.Experiment(task="ocr", data=data, work_dir=args.work_dir,
                              common=runner.capped(COMMON, args.stop_time_hours), scoring="hamming",
                              generate_flags=GENERATE, results=runner.results_file(args, "ocr"), device=args.device,
-                             session_hours=args.session_hours)
+                             budget_hours=args.budget_hours, snapshots=args.snapshot_dir)
 
 
 def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
@@ -108,10 +108,10 @@ def main():
     parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "ocr"))
     parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
-    args = parser.parse_args()
+    args = runner.parse_arguments(parser)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
-        return runner.save_snapshots(experiment(args, ""), chosen)
+        return runner.take_snapshots(args, experiment(args, ""), chosen)
     if args.reevaluate:
         runner.reevaluate(experiment(args, data_dir(args.work_dir)), chosen)
     elif not args.report:

@@ -56,16 +56,17 @@ def main():
     parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
     parser.add_argument("--max-epoch", type=int, default=30)
     parser.add_argument("--report", action="store_true")
-    args = parser.parse_args()
+    args = runner.parse_arguments(parser)
     work_dir = args.work_dir or os.path.join(runner.REPO, "runs", f"spelling-{args.noise}")
     task = f"spelling-{args.noise}"
     experiment = runner.Experiment(task=task, data=os.path.join(work_dir, "data"), work_dir=work_dir,
                                    common=runner.capped(common(args.max_epoch), args.stop_time_hours),
                                    scoring="edit", generate_flags=GENERATE, results=runner.results_file(args, task),
-                                   device=args.device, session_hours=args.session_hours)
+                                   device=args.device, budget_hours=args.budget_hours,
+                                   snapshots=args.snapshot_dir)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
-        return runner.save_snapshots(experiment, chosen)
+        return runner.take_snapshots(args, experiment, chosen)
     if args.reevaluate:
         runner.reevaluate(experiment, chosen)
     elif not args.report:
