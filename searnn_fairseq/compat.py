@@ -44,16 +44,35 @@ even under ``--reset-meters``, so a run warm-started from another run's checkpoi
 (``--restore-file ... --reset-optimizer --reset-dataloader --reset-meters``) counts the
 source run's hours against its own ``--stop-time-hours``. With ``--reset-meters`` the
 clock now starts at zero, like the other meters.
+
+Each fix replaces a fairseq function only when that function takes the parameters the
+replacement was written for (``inspect.signature``): a fairseq whose function differs keeps its
+own, and one warning names the fix left out. ``apply`` logs one line naming the fixes applied.
+``SEARNN_FAIRSEQ_NO_PATCHES=1`` turns them all off: fairseq runs unchanged, with the bugs above
+(and torch >= 2.6 refuses its checkpoints unless ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set).
 """
 
 import argparse
 import collections
 import enum
+import functools
+import inspect
+import logging
+import os
 import sys
 import time
 import typing
 
 import torch
+
+logger = logging.getLogger(__name__)
+
+NO_PATCHES_VARIABLE = "SEARNN_FAIRSEQ_NO_PATCHES"
+
+# What a fix reports: it replaced fairseq's function (or had already), fairseq's function differs
+# from the one it was written for, the module it fixes is not loaded in this process, or the
+# installed torch does not have the problem.
+APPLIED, SKIPPED, NOT_LOADED, NOT_NEEDED = "applied", "skipped", "not loaded", "not needed"
 
 
 def _fairseq_enums():
@@ -97,19 +116,77 @@ def checkpoint_globals():
     ]
 
 
-def register_safe_globals() -> None:
+def patches_disabled() -> bool:
+    """Whether ``SEARNN_FAIRSEQ_NO_PATCHES`` asks for fairseq as it is."""
+    return os.environ.get(NO_PATCHES_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def parameter_names(function) -> typing.Optional[tuple]:
+    try:
+        return tuple(inspect.signature(function).parameters)
+    except (TypeError, ValueError):  # not introspectable: treated as a different function
+        return None
+
+
+def fits(fix: str, targets: typing.Sequence[tuple]) -> bool:
+    """Whether every (name, function, expected parameter names) target takes exactly the expected
+    parameters; if not, one warning names the fix and what differs, and the fix is left out: a
+    replacement that forwards the wrong arguments would break fairseq instead of fixing it."""
+    differing = [(name, parameter_names(function), tuple(expected)) for name, function, expected in targets
+                 if parameter_names(function) != tuple(expected)]
+    if differing:
+        logger.warning("searnn_fairseq: fairseq fix %r not applied: %s; this fairseq differs from the "
+                       "version the fix was written for", fix,
+                       "; ".join(f"{name} takes {found}, the fix expects {expected}"
+                                 for name, found, expected in differing))
+    return not differing
+
+
+def already_applied(function, fix: str) -> bool:
+    """Whether ``fix`` is among the replacements wrapped around ``function`` (importing the plugin twice)."""
+    while function is not None:
+        if getattr(function, "searnn_fix", None) == fix:
+            return True
+        function = getattr(function, "__wrapped__", None)
+    return False
+
+
+def replacing(original, fix: str):
+    """Decorator: the replacement reads as ``original`` (name, signature) and is marked with its fix."""
+    def mark(replacement):
+        replacement = functools.wraps(original)(replacement)
+        replacement.searnn_fix = fix
+        return replacement
+
+    return mark
+
+
+SAFE_GLOBALS = "checkpoint-safe-globals"
+
+
+def register_safe_globals() -> str:
     add = getattr(torch.serialization, "add_safe_globals", None)
-    if add is not None:  # torch < 2.4 loads everything anyway
-        add(checkpoint_globals())
+    if add is None:  # torch < 2.4 loads everything anyway
+        return NOT_NEEDED
+    add(checkpoint_globals())
+    return APPLIED
 
 
-def keep_last_batch() -> None:
+KEEP_LAST_BATCH = "keep-last-batch"
+BATCH_BY_SIZE_PARAMETERS = ("indices", "num_tokens_fn", "num_tokens_vec", "max_tokens", "max_sentences",
+                            "required_batch_size_multiple", "fixed_shapes")
+
+
+def keep_last_batch() -> str:
     from fairseq.data import data_utils
 
     original = data_utils.batch_by_size
-    if getattr(original, "keeps_last_batch", False):
-        return
+    if already_applied(original, KEEP_LAST_BATCH):
+        return APPLIED
+    if not fits(KEEP_LAST_BATCH, [("fairseq.data.data_utils.batch_by_size", original, BATCH_BY_SIZE_PARAMETERS)]):
+        return SKIPPED
 
+    @replacing(original, KEEP_LAST_BATCH)
     def batch_by_size(indices, num_tokens_fn, num_tokens_vec=None, max_tokens=None, max_sentences=None,
                       required_batch_size_multiple=1, fixed_shapes=None):
         batches = original(indices, num_tokens_fn, num_tokens_vec, max_tokens, max_sentences,
@@ -121,8 +198,8 @@ def keep_last_batch() -> None:
             batches = list(batches) + [np.asarray(indices[covered:], dtype=np.int64)]
         return batches
 
-    batch_by_size.keeps_last_batch = True
     data_utils.batch_by_size = batch_by_size
+    return APPLIED
 
 
 EARLY_STOP_KEY = "searnn_early_stop"
@@ -164,34 +241,70 @@ def restore_early_stop(extra_state: typing.Optional[dict], validated_by_stop: bo
         function.num_runs = state["num_runs"] - 1 if validated_by_stop and state["num_runs"] > 0 else state["num_runs"]
 
 
-def keep_run_state_across_checkpoints() -> None:
+SAVE_CHECKPOINT_PARAMETERS = ("self", "filename", "extra_state")
+LOAD_CHECKPOINT_PARAMETERS = ("self", "filename", "reset_optimizer", "reset_lr_scheduler", "optimizer_overrides",
+                              "reset_meters")
+EARLY_STOP_ACROSS_RESUME = "early-stop-across-resume"
+
+
+def keep_early_stop_across_resume() -> str:
+    """Fixes 3 and 4: ``--patience``'s state saved in each checkpoint and restored from it, without
+    the validation a mid-epoch stop forced."""
     from fairseq.trainer import Trainer
 
-    if getattr(Trainer.save_checkpoint, "keeps_run_state", False):
-        return
     save, load = Trainer.save_checkpoint, Trainer.load_checkpoint
+    if already_applied(save, EARLY_STOP_ACROSS_RESUME):
+        return APPLIED
+    if not fits(EARLY_STOP_ACROSS_RESUME, [("fairseq.trainer.Trainer.save_checkpoint", save, SAVE_CHECKPOINT_PARAMETERS),
+                                           ("fairseq.trainer.Trainer.load_checkpoint", load, LOAD_CHECKPOINT_PARAMETERS)]):
+        return SKIPPED
 
+    @replacing(save, EARLY_STOP_ACROSS_RESUME)
     def save_checkpoint(self, filename, extra_state):
         state = early_stop_state()
         if state is not None:
             extra_state = {**extra_state, EARLY_STOP_KEY: state}
         return save(self, filename, extra_state)
 
+    @replacing(load, EARLY_STOP_ACROSS_RESUME)
     def load_checkpoint(self, filename, reset_optimizer=False, reset_lr_scheduler=False, optimizer_overrides=None,
                         reset_meters=False):
         extra_state = load(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
-        if reset_meters:
-            self._previous_training_time = 0
-            self._start_time = time.time()
         if not reset_optimizer and not reset_meters and extra_state is not None:
             forced = validated_by_a_stop(extra_state, self.get_num_updates(), self.cfg.checkpoint.save_interval_updates,
                                          self.cfg.dataset.validate_interval_updates)
             restore_early_stop(extra_state, validated_by_stop=forced)
         return extra_state
 
-    save_checkpoint.keeps_run_state = True
     Trainer.save_checkpoint = save_checkpoint
     Trainer.load_checkpoint = load_checkpoint
+    return APPLIED
+
+
+WARM_START_CLOCK = "warm-start-clock"
+
+
+def start_a_warm_start_clock_at_zero() -> str:
+    """Fix 6: under ``--reset-meters`` the training clock restarts with the other meters."""
+    from fairseq.trainer import Trainer
+
+    load = Trainer.load_checkpoint
+    if already_applied(load, WARM_START_CLOCK):
+        return APPLIED
+    if not fits(WARM_START_CLOCK, [("fairseq.trainer.Trainer.load_checkpoint", load, LOAD_CHECKPOINT_PARAMETERS)]):
+        return SKIPPED
+
+    @replacing(load, WARM_START_CLOCK)
+    def load_checkpoint(self, filename, reset_optimizer=False, reset_lr_scheduler=False, optimizer_overrides=None,
+                        reset_meters=False):
+        extra_state = load(self, filename, reset_optimizer, reset_lr_scheduler, optimizer_overrides, reset_meters)
+        if reset_meters:
+            self._previous_training_time = 0
+            self._start_time = time.time()
+        return extra_state
+
+    Trainer.load_checkpoint = load_checkpoint
+    return APPLIED
 
 
 def out_of_patience(patience: int) -> bool:
@@ -200,12 +313,22 @@ def out_of_patience(patience: int) -> bool:
     return patience > 0 and getattr(function, "num_runs", 0) >= patience
 
 
-def stop_a_finished_run_before_training() -> None:
-    train_module = sys.modules.get("fairseq_cli.train")
-    if train_module is None or getattr(train_module.train, "stops_a_finished_run", False):
-        return
-    train_one_epoch = train_module.train
+STOP_A_FINISHED_RUN = "stop-a-finished-run"
+TRAIN_PARAMETERS = ("cfg", "trainer", "task", "epoch_itr")
 
+
+def stop_a_finished_run_before_training() -> str:
+    """Fix 5; fairseq-train's loop is only there when fairseq-train runs (not under fairseq-generate)."""
+    train_module = sys.modules.get("fairseq_cli.train")
+    if train_module is None:
+        return NOT_LOADED
+    train_one_epoch = train_module.train
+    if already_applied(train_one_epoch, STOP_A_FINISHED_RUN):
+        return APPLIED
+    if not fits(STOP_A_FINISHED_RUN, [("fairseq_cli.train.train", train_one_epoch, TRAIN_PARAMETERS)]):
+        return SKIPPED
+
+    @replacing(train_one_epoch, STOP_A_FINISHED_RUN)
     def train(cfg, trainer, task, epoch_itr):
         if out_of_patience(cfg.checkpoint.patience):
             train_module.logger.info(
@@ -214,12 +337,31 @@ def stop_a_finished_run_before_training() -> None:
             return [train_module.should_stop_early.best], True
         return train_one_epoch(cfg, trainer, task, epoch_itr)
 
-    train.stops_a_finished_run = True
     train_module.train = train
+    return APPLIED
 
 
-def apply() -> None:
-    register_safe_globals()
-    keep_last_batch()
-    keep_run_state_across_checkpoints()
-    stop_a_finished_run_before_training()
+# Every fix, by the name the log line gives it, in the order they are applied.
+FIXES = {
+    SAFE_GLOBALS: register_safe_globals,
+    KEEP_LAST_BATCH: keep_last_batch,
+    EARLY_STOP_ACROSS_RESUME: keep_early_stop_across_resume,
+    WARM_START_CLOCK: start_a_warm_start_clock_at_zero,
+    STOP_A_FINISHED_RUN: stop_a_finished_run_before_training,
+}
+
+
+def apply() -> typing.Dict[str, str]:
+    """Apply the fixes (none under ``SEARNN_FAIRSEQ_NO_PATCHES=1``), log one line saying which, and
+    return each fix's outcome (APPLIED, SKIPPED, NOT_LOADED or NOT_NEEDED)."""
+    if patches_disabled():
+        logger.info("searnn_fairseq: %s is set: fairseq left unpatched, none of its fixes applied (%s)",
+                    NO_PATCHES_VARIABLE, ", ".join(FIXES))
+        return {}
+    outcomes = {name: fix() for name, fix in FIXES.items()}
+    logger.info("searnn_fairseq: fairseq fixes applied: %s%s (%s=1 turns them off)",
+                ", ".join(name for name, outcome in outcomes.items() if outcome == APPLIED) or "none",
+                "".join(f"; {outcome}: " + ", ".join(n for n, o in outcomes.items() if o == outcome)
+                        for outcome in (SKIPPED, NOT_LOADED, NOT_NEEDED) if outcome in outcomes.values()),
+                NO_PATCHES_VARIABLE)
+    return outcomes
