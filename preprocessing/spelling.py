@@ -6,7 +6,8 @@ characters, and corrupt the source by replacing each character with some fixed
 probability p (0.3 or 0.5) by a random one; the model must output the clean
 text. The One Billion Word corpus they used is not available here, so the text
 is the Brown corpus and the ABC news sentences (NLTK's ``brown.zip`` and
-``abc.zip``; see ``shared/data/english_text/PROVENANCE.md``).
+``abc.zip``; see ``shared/data/english_text/PROVENANCE.md``), or any plain text
+given with ``--text`` (besides or instead of them).
 
 Text extraction:
 
@@ -16,9 +17,14 @@ Text extraction:
   single spaces (so punctuation stands apart, as in the tokenized 1B corpus).
 - ``abc.zip``: ``abc/rural.txt`` (UTF-8) and ``abc/science.txt`` (Latin-1, CRLF
   line ends); one sentence (or headline) per non-empty line.
+- ``--text FILE [FILE ...]``: plain UTF-8 text (a leading byte-order mark is
+  ignored; LF or CRLF line ends), one sentence per non-empty line, taken as it
+  is: the same normalisation, clipping, split and corruption as the zips'
+  sentences. A file that is missing, not valid UTF-8 (the message gives the
+  line) or has no non-empty line stops the build with a message naming it.
 
 Sentences are taken in that order (brown members sorted by name, then rural,
-then science).
+then science, then the ``--text`` files in the order given).
 
 Alphabet: the character set of Bahdanau et al.'s code (``lvsr/datasets/text.py``
 in ``rizar/actor-critic-public``) minus its BOS/EOS markers, 42 text symbols:
@@ -63,7 +69,8 @@ Output directory ``DEST``:
 - ``{split}.src-tgt.{src,tgt}.{bin,idx}``, ``dict.src.txt``, ``dict.tgt.txt``:
   fairseq-preprocess output with a joined dictionary (``--srcdict raw/dict.txt
   --joined-dictionary``), for ``--task translation -s src -t tgt``;
-- ``meta.json``: counts, alphabet, p and the realised corruption rates.
+- ``meta.json``: the inputs (paths; for ``--text`` files also their size and
+  SHA-256), counts per input, alphabet, p and the realised corruption rates.
 
 Everything is built in a temporary directory beside ``DEST`` and renamed into
 place at the end. Missing, truncated or malformed inputs stop with a message
@@ -72,9 +79,12 @@ naming the file (and zip member and line number).
 Usage::
 
     python preprocessing/spelling.py --brown .../brown.zip --abc .../abc.zip --p 0.3 data-bin/spelling_p0.3
+    python preprocessing/spelling.py --text my_sentences.txt --p 0.3 data-bin/spelling_mine
 """
 
 import argparse
+import codecs
+import hashlib
 import os
 import re
 import sys
@@ -169,6 +179,37 @@ def read_abc(path: str) -> List[str]:
                 if line.strip():
                     sentences.append(line)
     return sentences
+
+
+def read_text(path: str) -> List[str]:
+    """Non-empty lines of a plain UTF-8 text file, one sentence each."""
+    if not os.path.isfile(path):
+        raise SpellingDataError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise SpellingDataError(f"{path}: cannot be read: {err}") from err
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    sentences = []
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SpellingDataError(f"{path}: line {lineno}: not valid UTF-8 ({err})") from err
+        if line.strip():
+            sentences.append(line)
+    if not sentences:
+        raise SpellingDataError(f"{path}: no non-empty sentence (expected one sentence per line)")
+    return sentences
+
+
+def describe_text(path: str) -> Dict[str, object]:
+    """What meta.json records of a --text input: enough to tell later whether the file changed."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return {"path": os.path.abspath(path), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 # ---------------------------------------------------------------- normalising
@@ -268,9 +309,11 @@ def prepare(
     seed: int = 1,
     allow_same: bool = False,
     force: bool = False,
+    text: Sequence[str] = (),
 ) -> Dict[str, object]:
-    if brown is None and abc is None:
-        raise ValueError("give at least one of --brown and --abc")
+    text_files = list(text or ())
+    if brown is None and abc is None and not text_files:
+        raise ValueError("give at least one of --brown, --abc and --text")
     if max_chars < 1:
         raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
     if not 0.0 <= p <= 1.0:
@@ -280,6 +323,8 @@ def prepare(
         sources.append(("brown", read_brown(brown)))
     if abc is not None:
         sources.append(("abc", read_abc(abc)))
+    for path in text_files:
+        sources.append((f"text:{os.path.abspath(path)}", read_text(path)))
     texts, per_source = [], {}
     for name, sentences in sources:
         clipped = [clip(normalise(s), max_chars) for s in sentences]
@@ -307,7 +352,11 @@ def prepare(
             "changed_rate": changed / chars if chars else 0.0,
         }
     meta = {
-        "inputs": {"brown": brown and os.path.abspath(brown), "abc": abc and os.path.abspath(abc)},
+        "inputs": {
+            "brown": brown and os.path.abspath(brown),
+            "abc": abc and os.path.abspath(abc),
+            "text": [describe_text(path) for path in text_files],
+        },
         "per_source": per_source,
         "p": p,
         "allow_same": allow_same,
@@ -341,11 +390,14 @@ def prepare(
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         description="Build the spelling-correction dataset (clip to 10 characters, corrupt the source) "
-        "from NLTK's brown.zip / abc.zip and binarise it for fairseq --task translation -s src -t tgt."
+        "from NLTK's brown.zip / abc.zip and/or plain UTF-8 text files, and binarise it for fairseq "
+        "--task translation -s src -t tgt."
     )
     parser.add_argument("dest", help="output directory (must not exist or be empty unless --force)")
     parser.add_argument("--brown", help="path to brown.zip")
     parser.add_argument("--abc", help="path to abc.zip")
+    parser.add_argument("--text", nargs="+", metavar="FILE", default=[],
+                        help="plain UTF-8 text files, one sentence per line (besides or instead of the zips)")
     parser.add_argument("--p", type=float, default=0.3, help="replacement probability per character (default 0.3)")
     parser.add_argument("--max-chars", type=int, default=10, help="clip texts to this many characters (default 10)")
     parser.add_argument("--valid-fraction", type=float, default=0.05, help="default 0.05")
@@ -359,7 +411,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         meta = prepare(
             args.dest, brown=args.brown, abc=args.abc, p=args.p, max_chars=args.max_chars,
             valid_fraction=args.valid_fraction, test_fraction=args.test_fraction, seed=args.seed,
-            allow_same=args.allow_same, force=args.force,
+            allow_same=args.allow_same, force=args.force, text=args.text,
         )
     except (SpellingDataError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
