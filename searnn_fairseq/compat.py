@@ -113,7 +113,18 @@ def checkpoint_globals():
         collections.OrderedDict,
         *node_types,
         *_fairseq_enums(),
+        *_numpy_globals(),
     ]
+
+
+def _numpy_globals():
+    """What pickled numpy arrays and scalars need: fairseq's translation task with ``--eval-bleu``
+    keeps sacreBLEU's n-gram counts as numpy arrays in the metrics it saves in every checkpoint."""
+    import numpy
+
+    core = getattr(numpy, "_core", None) or numpy.core  # numpy 2 renamed numpy.core
+    dtypes = [type(numpy.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")]
+    return [numpy.ndarray, numpy.dtype, core.multiarray._reconstruct, core.multiarray.scalar, *dtypes]
 
 
 def patches_disabled() -> bool:

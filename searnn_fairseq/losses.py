@@ -9,7 +9,15 @@ which gives the sampled variants sLL and sLLCAS of section 5.
 
 ``target`` (N,) is the slot of a* = argmin c (see ``target_slots``). Every
 function returns the per-cell losses (N,); the criterion sums them.
+
+A valid candidate may have no cost: ``NO_COST`` (+inf) marks a token that was
+not rolled out but still takes part in the softmax, as padding, BOS, UNK and
+the dictionary fillers do in a whole-dictionary loss. It is never the target;
+LL ignores costs; LLCAS and SHL give it the worst cost of its cell; KL gives it
+no target mass (q = 0), while it stays in the normaliser of p.
 """
+
+import math
 
 import torch
 from torch import Tensor
@@ -17,6 +25,9 @@ import torch.nn.functional as F
 
 # How close two costs must be to count as tied for the minimum.
 COST_TIE_TOLERANCE = 1e-6
+
+# The cost of a candidate that takes part in the loss but was not rolled out.
+NO_COST = math.inf
 
 
 def target_slots(costs: Tensor, valid: Tensor, gold_slots: Tensor) -> Tensor:
@@ -40,10 +51,19 @@ def _masked_log_softmax(scores: Tensor, valid: Tensor) -> Tensor:
     return F.log_softmax(scores.float().masked_fill(~valid, float("-inf")), dim=1)
 
 
+def _has_cost(costs: Tensor, valid: Tensor) -> Tensor:
+    """Valid slots with a real (finite) cost, i.e. rolled out."""
+    return valid & torch.isfinite(costs)
+
+
 def _relative_costs(costs: Tensor, valid: Tensor) -> Tensor:
-    """c - min c over valid slots (0 at the target, >= 0 elsewhere)."""
-    best = costs.masked_fill(~valid, float("inf")).min(dim=1, keepdim=True).values
-    return (costs - best).masked_fill(~valid, 0.0)
+    """c - min c over valid slots (0 at the target, >= 0 elsewhere); a slot
+    without a cost (``NO_COST``) takes the worst cost of its cell."""
+    rolled = _has_cost(costs, valid)
+    best = costs.masked_fill(~rolled, float("inf")).min(dim=1, keepdim=True).values
+    worst = costs.masked_fill(~rolled, float("-inf")).max(dim=1, keepdim=True).values
+    relative = torch.where(rolled, costs, worst) - best
+    return relative.masked_fill(~valid | ~rolled.any(dim=1, keepdim=True), 0.0)
 
 
 def _pick(values: Tensor, slots: Tensor) -> Tensor:
@@ -87,10 +107,13 @@ def soft_target_loss(
 ) -> Tensor:
     """KL form used for LLCAS in the authors' code: -sum_a q(a) log p(a),
 
-    with q = softmax(-(c - min c) / temperature) over the valid candidates.
+    with q = softmax(-(c - min c) / temperature) over the valid candidates that
+    have a cost, and p = softmax(s) over all valid candidates: a token that was
+    not rolled out (``NO_COST``) gets no target mass but is still trained down.
     It does not use ``target``: every low-cost token shares the mass.
     """
+    rolled = _has_cost(costs, valid)
     relative = _relative_costs(costs, valid)
-    q = F.softmax((-relative / temperature).masked_fill(~valid, float("-inf")), dim=1)
+    q = F.softmax((-relative / temperature).masked_fill(~rolled, float("-inf")), dim=1)
     log_p = _masked_log_softmax(scores, valid).masked_fill(~valid, 0.0)
     return -(q * log_p).sum(dim=1)

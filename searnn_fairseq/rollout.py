@@ -23,11 +23,14 @@ trajectory is the criterion's job, through ``model(...)``.
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .vocabulary import action_mask  # noqa: F401  (the engine's callers build its mask from here)
 
 ROLLIN_CHOICES = ("reference", "learned", "mixed")
 ROLLOUT_CHOICES = ("reference", "learned", "mixed")
@@ -46,11 +49,12 @@ class SearchPolicy:
     max_len_a: float = 1.0  # learned roll-outs stop at EOS or at a * ref_len + b tokens
     max_len_b: int = 5
     dropout: bool = False  # keep the model's dropout on during roll-in/roll-out
+    rollin_stop_at_eos: bool = False  # a roll-in ends at its first EOS: later cells get no cost vector
 
 
 @dataclass
 class SearchResult:
-    rollin_tokens: Tensor  # (B, T) the roll-in trajectory; pad past each target
+    rollin_tokens: Tensor  # (B, T) the roll-in trajectory; pad past each target (or past an EOS it stopped at)
     cells: Tensor  # (M, 2) (sentence, position) of each cell that got a cost vector
     actions: Tensor  # (M, K) tokens forced at those cells; slot 0 is the ground truth
     valid: Tensor  # (M, K) False for duplicate slots, which are not rolled out
@@ -136,14 +140,6 @@ def rollout_caps(ref_lens: Tensor, policy: SearchPolicy, model) -> Tensor:
     return clamp_to_decoder(torch.maximum(caps, ref_lens), model)
 
 
-def validation_caps(src_lengths: Tensor, max_len_a: float, max_len_b: int, model) -> Tensor:
-    """Hypothesis length limits as fairseq-generate sets them (a * source length + b), not
-    from the reference: validation must decode as the test does, and a model that never
-    emits EOS must pay for its whole output, as fairseq-generate's score makes it pay."""
-    caps = torch.floor(max_len_a * src_lengths.float() + max_len_b).long()
-    return clamp_to_decoder(caps, model)
-
-
 def clamp_to_decoder(caps: Tensor, model) -> Tensor:
     limit = model.max_decoder_positions()
     if limit is not None and limit < 1e8:
@@ -171,8 +167,217 @@ class _FinishedRollouts:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             return empty, empty.view(0, 1), empty
         width = max(h.size(1) for h in self.hyps)
-        hyps = [torch.nn.functional.pad(h, (0, width - h.size(1)), value=pad) for h in self.hyps]
+        hyps = [F.pad(h, (0, width - h.size(1)), value=pad) for h in self.hyps]
         return torch.cat(self.ids), torch.cat(hyps), torch.cat(self.lens)
+
+
+@dataclass
+class _Branches:
+    """Learned roll-outs that start decoding at the next step: the roll-in row
+    each one copies, its forced token and its roll-out id."""
+
+    rows: Tensor
+    tokens: Tensor
+    ids: Tensor
+
+    @classmethod
+    def none(cls, like: Tensor) -> "_Branches":
+        empty = like.new_zeros(0)
+        return cls(empty, empty, empty)
+
+    def select(self, mask: Tensor) -> "_Branches":
+        return _Branches(self.rows[mask], self.tokens[mask], self.ids[mask])
+
+
+@dataclass
+class _Rollouts:
+    """Every roll-out started so far. Ids count roll-outs in the order they
+    start, the K slots of a cell consecutive, so that scattering costs by id and
+    viewing them as (-1, K) lines them up with ``cells``."""
+
+    cells: List[Tensor] = field(default_factory=list)  # (n, 2) (sentence, position)
+    actions: List[Tensor] = field(default_factory=list)  # (n, K) forced tokens
+    valid: List[Tensor] = field(default_factory=list)
+    learned: List[Tensor] = field(default_factory=list)
+    # roll-outs that need no network (reference policy, or a forced EOS): the
+    # cost's reference roll-out finishes them when they are scored
+    quick_ids: List[Tensor] = field(default_factory=list)
+    quick_sentences: List[Tensor] = field(default_factory=list)
+    finished: _FinishedRollouts = field(default_factory=_FinishedRollouts)
+    count: int = 0
+    learned_count: int = 0
+    decoded_tokens: int = 0  # decoder row-steps, roll-in included
+
+    def start(self, sentences: Tensor, position: int, actions: Tensor, valid: Tensor, quick: Tensor):
+        """Record the roll-outs of the cells ``(sentences, position)``; returns
+        the learned ones' mask and every slot's id, both (n, K)."""
+        k = actions.size(1)
+        ids = self.count + torch.arange(sentences.numel() * k, device=actions.device).view(-1, k)
+        self.count += ids.numel()
+        learned = valid & ~quick
+        self.cells.append(torch.stack([sentences, torch.full_like(sentences, position)], dim=1))
+        self.actions.append(actions)
+        self.valid.append(valid)
+        self.learned.append(learned)
+        self.quick_ids.append(ids[quick])
+        self.quick_sentences.append(sentences.unsqueeze(1).expand_as(actions)[quick])
+        return learned, ids
+
+
+class _BatchSearch:
+    """The decoding state of one batch: the rows of the shared incremental state
+    and what they have produced.
+
+    The first ``num_rollin_rows`` rows are the roll-in's, one per sentence, until
+    it has covered the widest target; every other row is a live learned
+    roll-out. ``tokens`` holds each row's input so far (BOS first),
+    ``row_sentence`` the sentence it reads, ``row_rollout`` its roll-out id
+    (-1 on roll-in rows).
+    """
+
+    def __init__(self, model, encoder_out: Dict, target: Tensor, cell_mask: Tensor, choose_actions, *,
+                 action_mask: Tensor, policy: SearchPolicy, pad: int, eos: int):
+        self.model, self.encoder_out, self.target = model, encoder_out, target
+        self.choose_actions, self.policy, self.pad, self.eos = choose_actions, policy, pad, eos
+        self.device = target.device
+        self.bsz, self.width = target.shape
+        self.num_cells, self.ref_lens = reference_lengths(target, pad, eos)
+        inside = torch.arange(self.width, device=self.device).unsqueeze(0) < self.num_cells.unsqueeze(1)
+        self.cell_mask = cell_mask & inside
+        self.caps = rollout_caps(self.ref_lens, policy, model)
+        self.forbidden = ~action_mask.to(self.device)
+        self.rollin = target.new_full((self.bsz, self.width), pad)
+        self.rollin_end = self.num_cells  # cells each sentence's roll-in reaches
+        self.rollouts = _Rollouts()
+
+        self.state: Dict[str, Dict[str, Optional[Tensor]]] = {}
+        self.tokens = target.new_full((self.bsz, 1), eos)
+        self.row_sentence = torch.arange(self.bsz, device=self.device)
+        self.row_rollout = torch.full((self.bsz,), -1, dtype=torch.long, device=self.device)
+        self.row_encoder_out = encoder_out
+        self.num_rollin_rows = self.bsz
+
+    def run(self) -> None:
+        """Decode, one position per step, until the roll-in has covered every
+        target and every learned roll-out has ended."""
+        for step in range(self._num_steps()):
+            if self.tokens.size(0) == 0:
+                break
+            logits, greedy = self._decode_step()
+            next_tokens = self._roll_in(step, greedy)
+            ended = self._finish_ended_rollouts(step, greedy)
+            branches = self._branch_off_rollin(step, logits)
+            if not self._advance(step, ended, next_tokens, branches):
+                break
+
+    def _num_steps(self) -> int:
+        longest_rollout = int(self.caps.max().item()) + 1 if self.bsz else 0
+        return max(longest_rollout, self.width)
+
+    def _decode_step(self) -> Tuple[Tensor, Tensor]:
+        """Every row predicts its next position: (logits, greedy token among the actions)."""
+        decoded = self.model.decoder(self.tokens, encoder_out=self.row_encoder_out, incremental_state=self.state)
+        logits = decoded[0][:, -1, :]
+        self.rollouts.decoded_tokens += self.tokens.size(0)
+        greedy = logits.masked_fill(self.forbidden, float("-inf")).argmax(dim=1)
+        return logits, greedy
+
+    def _roll_in(self, step: int, greedy: Tensor) -> Tensor:
+        """Record the roll-in's token at ``step``; returns every row's next input."""
+        next_tokens = greedy.clone()
+        if self.num_rollin_rows:
+            choice = self._rollin_choice(step, greedy[: self.bsz])
+            inside = step < self.rollin_end
+            self.rollin[:, step] = torch.where(inside, choice, torch.full_like(choice, self.pad))
+            # sentences past their end keep feeding EOS: their rows are idle
+            next_tokens[: self.bsz] = torch.where(inside, choice, torch.full_like(choice, self.eos))
+            if self.policy.rollin_stop_at_eos:
+                stops_here = inside & choice.eq(self.eos)
+                self.rollin_end = torch.where(stops_here, torch.full_like(self.rollin_end, step + 1), self.rollin_end)
+        return next_tokens
+
+    def _rollin_choice(self, step: int, greedy: Tensor) -> Tensor:
+        gold = self.target[:, step]
+        if self.policy.rollin == "reference":
+            return gold
+        if self.policy.rollin == "learned":
+            return greedy
+        follow = torch.rand(self.bsz, device=self.device) < self.policy.rollin_ref_prob
+        return torch.where(follow, gold, greedy)
+
+    def _finish_ended_rollouts(self, step: int, greedy: Tensor) -> Tensor:
+        """Learned roll-outs that stop here, at EOS or at their cap, hand in their
+        hypotheses; returns the mask of their rows."""
+        hyp_len_if_continuing = step + 1
+        is_rollout = self.row_rollout >= 0
+        ended = is_rollout & (greedy.eq(self.eos) | (hyp_len_if_continuing >= self.caps[self.row_sentence]))
+        if ended.any():
+            rows = ended.nonzero().squeeze(1)
+            with_token = greedy[rows].ne(self.eos)
+            hyps = torch.cat([self.tokens[rows, 1:], greedy[rows].unsqueeze(1)], dim=1)
+            lens = torch.full_like(rows, step) + with_token.long()
+            past_end = torch.arange(hyps.size(1), device=self.device).unsqueeze(0) >= lens.unsqueeze(1)
+            self.rollouts.finished.add(self.row_rollout[rows], hyps.masked_fill(past_end, self.pad), lens)
+        return ended
+
+    def _branch_off_rollin(self, step: int, logits: Tensor) -> _Branches:
+        """Start the roll-outs of the cells at ``step``; returns the learned ones
+        that go on decoding from their sentence's roll-in row."""
+        if step >= self.width:
+            return _Branches.none(self.tokens)
+        sentences = (self.cell_mask[:, step] & (step < self.rollin_end)).nonzero().squeeze(1)
+        if not sentences.numel():
+            return _Branches.none(self.tokens)
+        chosen, valid = self.choose_actions(logits[sentences], self.target[sentences, step])
+        learned, ids = self.rollouts.start(sentences, step, chosen, valid, self._needs_no_network(chosen, valid))
+        branches = _Branches(sentences.unsqueeze(1).expand_as(chosen)[learned], chosen[learned], ids[learned])
+        self.rollouts.learned_count += branches.ids.numel()
+        return self._finish_capped_at_forced_token(step, branches)
+
+    def _needs_no_network(self, chosen: Tensor, valid: Tensor) -> Tensor:
+        """Roll-outs that follow the reference policy, or whose forced token is EOS."""
+        quick = chosen.eq(self.eos)
+        if self.policy.rollout == "reference":
+            quick = torch.ones_like(quick)
+        elif self.policy.rollout == "mixed":
+            coin_shape = (chosen.size(0), 1) if self.policy.rollout_coin == "cell" else chosen.shape
+            coins = torch.rand(coin_shape, device=self.device) < self.policy.rollout_ref_prob
+            quick |= coins.expand_as(chosen)
+        return quick & valid
+
+    def _finish_capped_at_forced_token(self, step: int, branches: _Branches) -> _Branches:
+        """A roll-out capped right at its forced token is done before it decodes."""
+        done_now = step + 1 >= self.caps[branches.rows]
+        if not done_now.any():
+            return branches
+        rows = branches.rows[done_now]
+        hyps = torch.cat([self.tokens[rows, 1:], branches.tokens[done_now].unsqueeze(1)], dim=1)
+        self.rollouts.finished.add(branches.ids[done_now], hyps, torch.full_like(rows, step + 1))
+        return branches.select(~done_now)
+
+    def _advance(self, step: int, ended: Tensor, next_tokens: Tensor, branches: _Branches) -> bool:
+        """The rows of the next step: live roll-in rows, live roll-outs, new
+        branches. False when none is left."""
+        keep = ~ended
+        if step + 1 >= self.width:
+            keep[: self.num_rollin_rows] = False
+            self.num_rollin_rows = 0
+        kept = keep.nonzero().squeeze(1)
+        new_order = torch.cat([kept, branches.rows])
+        if new_order.numel() == 0:
+            return False
+        num_rows = self.tokens.size(0)
+        next_inputs = torch.cat([next_tokens[kept], branches.tokens]).unsqueeze(1)
+        self.tokens = torch.cat([self.tokens[new_order], next_inputs], dim=1)
+        self.row_rollout = torch.cat([self.row_rollout[kept], branches.ids])
+        if not torch.equal(new_order, torch.arange(num_rows, device=self.device)):
+            self._reorder_rows(new_order)
+        return True
+
+    def _reorder_rows(self, new_order: Tensor) -> None:
+        self.row_sentence = self.row_sentence[new_order]
+        reorder_incremental_state(self.model.decoder, self.state, new_order)
+        self.row_encoder_out = encoder_out_for_rows(self.model, self.encoder_out, self.row_sentence)
 
 
 def search(
@@ -182,6 +387,7 @@ def search(
     cell_mask: Tensor,
     choose_actions: ActionChooser,
     cost,
+    *,
     action_mask: Tensor,
     policy: SearchPolicy,
     pad: int,
@@ -195,239 +401,94 @@ def search(
     are taken over these only.
     """
     check_incremental(model)
-    device = target.device
-    bsz, width = target.shape
-    num_cells, ref_lens = reference_lengths(target, pad, eos)
-    cell_mask = cell_mask & (torch.arange(width, device=device).unsqueeze(0) < num_cells.unsqueeze(1))
-    caps = rollout_caps(ref_lens, policy, model)
-    forbidden = ~action_mask.to(device)
-
     with eval_mode(model, keep_dropout=policy.dropout):
-        decoder = model.decoder
         encoder_out = model.encoder.forward_torchscript(net_input)
-        state: Dict[str, Dict[str, Optional[Tensor]]] = {}
-
-        rollin = target.new_full((bsz, width), pad)
-        tokens = target.new_full((bsz, 1), eos)  # every row's input so far, BOS first
-        row_sentence = torch.arange(bsz, device=device)
-        row_rollout = torch.full((bsz,), -1, dtype=torch.long, device=device)
-        row_encoder_out = encoder_out
-        num_rollin_rows = bsz
-
-        cells: List[Tensor] = []
-        actions: List[Tensor] = []
-        valids: List[Tensor] = []
-        learned_masks: List[Tensor] = []
-        # roll-outs that need no network: reference policy, or a forced EOS
-        quick_ids: List[Tensor] = []
-        quick_cells: List[Tensor] = []
-        finished = _FinishedRollouts()
-        num_rollouts = 0
-        num_learned = 0
-        decoded = 0
-        max_steps = int(caps.max().item()) + 1 if bsz else 0
-
-        for step in range(max(max_steps, width)):
-            num_rows = tokens.size(0)
-            if num_rows == 0:
-                break
-            logits = decoder(tokens, encoder_out=row_encoder_out, incremental_state=state)[0][:, -1, :]
-            decoded += num_rows
-            greedy = logits.masked_fill(forbidden, float("-inf")).argmax(dim=1)
-            next_tokens = greedy.clone()
-
-            # roll-in rows choose their token for this position
-            if num_rollin_rows:
-                gold_now = target[:, step]
-                if policy.rollin == "reference":
-                    choice = gold_now
-                elif policy.rollin == "learned":
-                    choice = greedy[:bsz]
-                else:
-                    follow = torch.rand(bsz, device=device) < policy.rollin_ref_prob
-                    choice = torch.where(follow, gold_now, greedy[:bsz])
-                inside = step < num_cells
-                rollin[:, step] = torch.where(inside, choice, torch.full_like(choice, pad))
-                # sentences past their end keep feeding EOS: their rows are idle
-                next_tokens[:bsz] = torch.where(inside, choice, torch.full_like(choice, eos))
-
-            # learned roll-outs already running: stop at EOS or at the cap
-            hyp_len_if_continuing = step + 1
-            is_rollout = row_rollout >= 0
-            ended = is_rollout & (
-                greedy.eq(eos) | (hyp_len_if_continuing >= caps[row_sentence])
-            )
-            if ended.any():
-                rows = ended.nonzero().squeeze(1)
-                with_token = greedy[rows].ne(eos)
-                hyps = torch.cat([tokens[rows, 1:], greedy[rows].unsqueeze(1)], dim=1)
-                lens = torch.full_like(rows, step) + with_token.long()
-                hyps = hyps.masked_fill(
-                    torch.arange(hyps.size(1), device=device).unsqueeze(0) >= lens.unsqueeze(1), pad
-                )
-                finished.add(row_rollout[rows], hyps, lens)
-
-            # new roll-outs branch off the roll-in at this cell
-            branch_rows = tokens.new_zeros(0)
-            branch_tokens = tokens.new_zeros(0)
-            branch_ids = tokens.new_zeros(0)
-            if step < width:
-                at_cell = cell_mask[:, step].nonzero().squeeze(1)
-                if at_cell.numel():
-                    chosen, valid = choose_actions(logits[at_cell], target[at_cell, step])
-                    k = chosen.size(1)
-                    ids = num_rollouts + torch.arange(at_cell.numel() * k, device=device).view(-1, k)
-                    num_rollouts += ids.numel()
-                    cells.append(torch.stack([at_cell, torch.full_like(at_cell, step)], dim=1))
-                    actions.append(chosen)
-                    valids.append(valid)
-                    quick = chosen.eq(eos)
-                    if policy.rollout == "reference":
-                        quick = torch.ones_like(quick)
-                    elif policy.rollout == "mixed":
-                        coin_shape = (chosen.size(0), 1) if policy.rollout_coin == "cell" else chosen.shape
-                        coins = torch.rand(coin_shape, device=device) < policy.rollout_ref_prob
-                        quick |= coins.expand_as(chosen)
-                    quick &= valid
-                    learned = valid & ~quick
-                    learned_masks.append(learned)
-                    quick_ids.append(ids[quick])
-                    quick_cells.append(at_cell.unsqueeze(1).expand_as(chosen)[quick])
-                    branch_rows = at_cell.unsqueeze(1).expand_as(chosen)[learned]
-                    branch_tokens = chosen[learned]
-                    branch_ids = ids[learned]
-                    num_learned += branch_ids.numel()
-                    # a roll-out capped right at its forced token is already done
-                    done_now = hyp_len_if_continuing >= caps[branch_rows]
-                    if done_now.any():
-                        rows = branch_rows[done_now]
-                        hyps = torch.cat([tokens[rows, 1:], branch_tokens[done_now].unsqueeze(1)], dim=1)
-                        finished.add(branch_ids[done_now], hyps, torch.full_like(rows, step + 1))
-                        branch_rows, branch_tokens = branch_rows[~done_now], branch_tokens[~done_now]
-                        branch_ids = branch_ids[~done_now]
-
-            # the next batch: live roll-in rows, live roll-outs, new branches
-            keep = ~ended
-            if step + 1 >= width:
-                keep[:num_rollin_rows] = False
-                num_rollin_rows = 0
-            kept = keep.nonzero().squeeze(1)
-            new_order = torch.cat([kept, branch_rows])
-            if new_order.numel() == 0:
-                break
-            tokens = torch.cat(
-                [tokens[new_order], torch.cat([next_tokens[kept], branch_tokens]).unsqueeze(1)], dim=1
-            )
-            row_rollout = torch.cat([row_rollout[kept], branch_ids])
-            if not torch.equal(new_order, torch.arange(num_rows, device=device)):
-                row_sentence = row_sentence[new_order]
-                reorder_incremental_state(decoder, state, new_order)
-                row_encoder_out = encoder_out_for_rows(model, encoder_out, row_sentence)
-
-    return _score(
-        cost, target, rollin, ref_lens, cells, actions, valids, learned_masks, quick_ids, quick_cells,
-        finished, num_rollouts, num_learned, decoded, pad,
-    )
-
-
-def _score(
-    cost, target, rollin, ref_lens, cells, actions, valids, learned_masks, quick_ids, quick_cells,
-    finished, num_rollouts, num_learned, decoded, pad,
-) -> SearchResult:
-    """Build every roll-out's hypothesis and cost them all in one call."""
-    device = target.device
-    if not cells:
-        empty = target.new_zeros(0, 1)
-        return SearchResult(
-            rollin, target.new_zeros(0, 2), empty, empty.bool(), empty.float(), empty.bool(), 0, 0, decoded
+        batch = _BatchSearch(
+            model, encoder_out, target, cell_mask, choose_actions,
+            action_mask=action_mask, policy=policy, pad=pad, eos=eos,
         )
-    cells_t = torch.cat(cells)
-    actions_t = torch.cat(actions)
-    valid_t = torch.cat(valids)
-    k = actions_t.size(1)
-    flat_actions = actions_t.view(-1)
+        batch.run()
+    return _score(cost, batch)
 
-    ids_q = torch.cat(quick_ids)
-    sent_q = torch.cat(quick_cells)
-    cell_pos = cells_t[:, 1].unsqueeze(1).expand(-1, k).reshape(-1)
-    hyps_q, lens_q = cost.reference_rollout(
-        rollin[sent_q], cell_pos[ids_q], flat_actions[ids_q], target[sent_q], ref_lens[sent_q]
-    )
-    ids_l, hyps_l, lens_l = finished.padded(pad, device)
 
-    width = max(hyps_q.size(1), hyps_l.size(1), 1)
-    hyps = torch.cat(
-        [
-            torch.nn.functional.pad(hyps_q, (0, width - hyps_q.size(1)), value=pad),
-            torch.nn.functional.pad(hyps_l, (0, width - hyps_l.size(1)), value=pad),
-        ]
-    )
-    ids = torch.cat([ids_q, ids_l])
-    sentence_of_rollout = cells_t[:, 0].unsqueeze(1).expand(-1, k).reshape(-1)[ids]
-    scored = cost(hyps, torch.cat([lens_q, lens_l]), target[sentence_of_rollout], ref_lens[sentence_of_rollout])
-    costs = torch.zeros(num_rollouts, device=device)
+def _score(cost, batch: _BatchSearch) -> SearchResult:
+    """Build every roll-out's hypothesis and cost them all in one call."""
+    record = batch.rollouts
+    if not record.cells:
+        empty = batch.target.new_zeros(0, 1)
+        return SearchResult(
+            batch.rollin, batch.target.new_zeros(0, 2), empty, empty.bool(), empty.float(), empty.bool(),
+            0, 0, record.decoded_tokens,
+        )
+    cells = torch.cat(record.cells)
+    actions = torch.cat(record.actions)
+    valid = torch.cat(record.valid)
+    ids, hyps, hyp_lens = _hypotheses(cost, batch, cells, actions)
+    sentence_of_rollout = cells[:, 0].unsqueeze(1).expand(-1, actions.size(1)).reshape(-1)[ids]
+    scored = cost(hyps, hyp_lens, batch.target[sentence_of_rollout], batch.ref_lens[sentence_of_rollout])
+    costs = torch.zeros(record.count, device=batch.device)
     costs[ids] = scored.float()
     return SearchResult(
-        rollin_tokens=rollin,
-        cells=cells_t,
-        actions=actions_t,
-        valid=valid_t,
-        costs=costs.view(-1, k),
-        learned=torch.cat(learned_masks),
-        num_rollouts=int(valid_t.sum().item()),
-        num_learned_rollouts=num_learned,
-        decoded_tokens=decoded,
+        rollin_tokens=batch.rollin,
+        cells=cells,
+        actions=actions,
+        valid=valid,
+        costs=costs.view(-1, actions.size(1)),
+        learned=torch.cat(record.learned),
+        num_rollouts=int(valid.sum().item()),
+        num_learned_rollouts=record.learned_count,
+        decoded_tokens=record.decoded_tokens,
     )
 
 
-def action_mask(dictionary) -> Tensor:
-    """(V,) True for tokens that are real predictions: not padding, BOS, UNK or
-    the fillers fairseq adds to round the dictionary size."""
-    actions = torch.ones(len(dictionary), dtype=torch.bool)
-    for index in {dictionary.pad(), dictionary.bos(), dictionary.unk()}:
-        actions[index] = False
-    for index, symbol in enumerate(dictionary.symbols):
-        if symbol.startswith("madeupword"):
-            actions[index] = False
-    return actions
+def _hypotheses(cost, batch: _BatchSearch, cells: Tensor, actions: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(roll-out ids, right-padded hypotheses, lengths) of every roll-out: the
+    quick ones finished by the cost's reference roll-out, the learned ones as decoded."""
+    record = batch.rollouts
+    quick_ids = torch.cat(record.quick_ids)
+    quick_sentences = torch.cat(record.quick_sentences)
+    position = cells[:, 1].unsqueeze(1).expand(-1, actions.size(1)).reshape(-1)
+    quick_hyps, quick_lens = cost.reference_rollout(
+        batch.rollin[quick_sentences], position[quick_ids], actions.view(-1)[quick_ids],
+        batch.target[quick_sentences], batch.ref_lens[quick_sentences],
+    )
+    learned_ids, learned_hyps, learned_lens = record.finished.padded(batch.pad, batch.device)
+    width = max(quick_hyps.size(1), learned_hyps.size(1), 1)
+    hyps = torch.cat(
+        [
+            F.pad(quick_hyps, (0, width - quick_hyps.size(1)), value=batch.pad),
+            F.pad(learned_hyps, (0, width - learned_hyps.size(1)), value=batch.pad),
+        ]
+    )
+    return torch.cat([quick_ids, learned_ids]), hyps, torch.cat([quick_lens, learned_lens])
 
 
-def greedy_decode(
-    model, net_input: Dict[str, Tensor], caps: Tensor, action_mask: Tensor, eos: int, pad: int, min_len: int = 0
-):
-    """Plain greedy decoding (validation, and the naive reference in tests and
-    benchmarks): returns right-padded hypotheses without EOS and their lengths.
-    EOS cannot end a hypothesis shorter than ``min_len`` (fairseq-generate's ``--min-len``)."""
-    bsz = caps.size(0)
-    device = caps.device
-    forbidden = ~action_mask.to(device)
-    forbidden_before_min_len = forbidden.clone()
-    forbidden_before_min_len[eos] = True
-    with eval_mode(model):
-        encoder_out = model.encoder.forward_torchscript(net_input)
-        row_encoder_out = encoder_out
-        state: Dict = {}
-        tokens = torch.full((bsz, 1), eos, dtype=torch.long, device=device)
-        rows = torch.arange(bsz, device=device)
-        out = torch.full((bsz, int(caps.max().item()) if bsz else 0), pad, dtype=torch.long, device=device)
-        lens = caps.clone()
-        for step in range(out.size(1) + 1):
-            if rows.numel() == 0:
-                break
-            logits = model.decoder(tokens, encoder_out=row_encoder_out, incremental_state=state)[0][:, -1, :]
-            step_forbidden = forbidden_before_min_len if step < min_len else forbidden
-            best = logits.masked_fill(step_forbidden, float("-inf")).argmax(dim=1)
-            stop = best.eq(eos) | (step >= caps[rows])
-            lens[rows[stop]] = step
-            go = ~stop
-            if step < out.size(1):
-                out[rows[go], step] = best[go]
-            if not go.any():
-                break
-            keep = go.nonzero().squeeze(1)
-            rows = rows[keep]
-            tokens = torch.cat([tokens[keep], best[keep].unsqueeze(1)], dim=1)
-            if keep.numel() != go.numel():
-                reorder_incremental_state(model.decoder, state, keep)
-                row_encoder_out = encoder_out_for_rows(model, encoder_out, rows)
-    return out, lens
+def chunk_net_input(net_input: Dict[str, Tensor], rows: slice, pad: int) -> Dict[str, Tensor]:
+    """The encoder inputs of some sentences, without columns that are padding
+    for all of them (fairseq's LSTM encoder insists on a tight batch)."""
+    chunk = {k: v[rows] for k, v in net_input.items() if k != "prev_output_tokens"}
+    src = chunk.get("src_tokens")
+    if torch.is_tensor(src) and src.dim() == 2 and not src.is_floating_point():
+        chunk["src_tokens"] = src[:, src.ne(pad).any(dim=0)]
+    elif torch.is_tensor(src) and "src_lengths" in chunk:  # dense features, right-padded
+        chunk["src_tokens"] = src[:, : int(chunk["src_lengths"].max())]
+    return chunk
+
+
+def merge_chunks(parts: Sequence[SearchResult], chunk: int) -> SearchResult:
+    """One SearchResult from the results of consecutive chunks of ``chunk`` sentences."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = [torch.tensor([i * chunk, 0], device=p.cells.device) for i, p in enumerate(parts)]
+    with_cells = [p for p in parts if p.cells.numel()] or parts[:1]
+    return SearchResult(
+        rollin_tokens=torch.cat([p.rollin_tokens for p in parts]),
+        cells=torch.cat([p.cells + offset for p, offset in zip(parts, offsets)]),
+        actions=torch.cat([p.actions for p in with_cells]),
+        valid=torch.cat([p.valid for p in with_cells]),
+        costs=torch.cat([p.costs for p in with_cells]),
+        learned=torch.cat([p.learned for p in with_cells]),
+        num_rollouts=sum(p.num_rollouts for p in parts),
+        num_learned_rollouts=sum(p.num_learned_rollouts for p in parts),
+        decoded_tokens=sum(p.decoded_tokens for p in parts),
+    )

@@ -8,10 +8,13 @@ All draws use torch's global generator, which fairseq reseeds at every update
 (seed + update number): a resumed run draws the same tokens and cells.
 """
 
-from typing import Optional
+import logging
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 TOKEN_SAMPLING_CHOICES = ("all", "uniform", "unigram", "policy", "biased", "topk")
 
@@ -50,6 +53,7 @@ def sample_tokens(
     num_tokens: int,
     gold: Tensor,
     action_mask: Tensor,
+    *,
     policy_logits: Optional[Tensor] = None,
     unigram_log_weights: Optional[Tensor] = None,
     biased_temperature: float = 2.0,
@@ -91,3 +95,59 @@ def sample_tokens(
     else:
         picked = _gumbel_top_k(log_weights, others)
     return torch.cat([gold.unsqueeze(1), picked], dim=1)
+
+
+def unigram_log_weights(dictionary, num_targets: Optional[int], split: str = "train") -> Tensor:
+    """log(count + 1) of each token among the training targets (add-one smoothing: an unseen
+    token can still be drawn). The counts are the target dictionary's, except EOS: fairseq's
+    dict.txt does not list it, so it loads with count 1 although every target ends with one,
+    and it would almost never be drawn as a competitor (sLL then never learns when not to
+    stop). EOS gets ``num_targets``, the number of training targets, when the split is loaded."""
+    counts = torch.tensor(dictionary.count, dtype=torch.float)
+    eos = dictionary.eos()
+    if num_targets is not None:
+        counts[eos] = max(float(counts[eos]), float(num_targets))
+    else:
+        logger.warning(
+            f"unigram token sampling: no '{split}' split loaded, so EOS keeps its dictionary "
+            f"count ({int(counts[eos])}) and is rarely sampled"
+        )
+    return torch.log(counts + 1.0)
+
+
+class TokenChooser:
+    """The tokens rolled out at each cell (the engine's ``choose_actions``): every
+    action, or ``num_tokens`` of them drawn by ``strategy``. Slot 0 is the ground
+    truth; slots repeating an earlier token are not valid."""
+
+    def __init__(
+        self,
+        strategy: str,
+        num_tokens: int,
+        action_mask: Tensor,
+        biased_temperature: float = 2.0,
+        unigram_log_weights: Optional[Callable[[], Tensor]] = None,
+    ):
+        self.strategy = strategy
+        self.num_tokens = num_tokens
+        self.action_mask = action_mask
+        self.actions = action_mask.nonzero().squeeze(1)
+        self.biased_temperature = biased_temperature
+        # a callable: the statistics need the train split, which loads after the criterion is built
+        self.unigram_log_weights = unigram_log_weights
+
+    def __call__(self, policy_logits: Tensor, gold: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.strategy == "all":
+            actions = self.actions.to(gold.device)
+            tokens = torch.cat([gold.unsqueeze(1), actions.unsqueeze(0).expand(gold.size(0), -1)], dim=1)
+        else:
+            tokens = sample_tokens(
+                self.strategy,
+                self.num_tokens,
+                gold,
+                self.action_mask.to(gold.device),
+                policy_logits=policy_logits,
+                unigram_log_weights=self.unigram_log_weights() if self.strategy == "unigram" else None,
+                biased_temperature=self.biased_temperature,
+            )
+        return tokens, ~mark_duplicates(tokens)

@@ -123,3 +123,34 @@ def test_log_loss_vanishes_when_all_mass_is_on_the_min_cost_token(costs_list):
     scores = torch.full_like(costs, -1e4)
     scores[0, t] = 1e4
     assert losses.log_loss(scores, costs, valid, t).item() < 1e-6
+
+
+# A whole-dictionary cell: slot 3 takes part in the softmax but was never rolled out.
+ROLLED = torch.tensor([[0.0, 2.0, 1.0, losses.NO_COST]])
+WORST_FILLED = torch.tensor([[0.0, 2.0, 1.0, 2.0]])
+SCORES4 = torch.tensor([[1.0, 2.0, 0.0, 0.5]])
+ALL4 = torch.ones(1, 4, dtype=torch.bool)
+
+
+def test_a_token_without_cost_gets_no_target_mass_in_the_soft_target():
+    got = losses.soft_target_loss(SCORES4, ROLLED, ALL4, GOLD, temperature=2.0)
+    # q over the rolled-out slots only, p over all four
+    weights = [1.0, math.exp(-1.0), math.exp(-0.5)]
+    q = [w / sum(weights) for w in weights]
+    log_p = [s - lse(1, 2, 0, 0.5) for s in (1.0, 2.0, 0.0)]
+    assert math.isclose(got.item(), -sum(a * b for a, b in zip(q, log_p)), rel_tol=1e-6)
+    # the worst cost instead would give slot 3 the weight e^-1
+    filled = losses.soft_target_loss(SCORES4, WORST_FILLED, ALL4, GOLD, temperature=2.0)
+    assert abs(filled.item() - got.item()) > 0.05
+
+
+def test_a_token_without_cost_takes_the_worst_cost_in_llcas_and_shl_and_is_never_the_target():
+    t = losses.target_slots(ROLLED, ALL4, torch.tensor([3]))  # even named as the gold
+    assert t.item() == 0
+    llcas = losses.cost_augmented_log_loss(SCORES4, ROLLED, ALL4, t, cost_scale=1.5)
+    assert math.isclose(llcas.item(), lse(1, 2 + 3, 0 + 1.5, 0.5 + 3) - 1, rel_tol=1e-6)
+    assert torch.equal(llcas, losses.cost_augmented_log_loss(SCORES4, WORST_FILLED, ALL4, t, cost_scale=1.5))
+    shl = losses.structured_hinge_loss(SCORES4, ROLLED, ALL4, t)
+    assert math.isclose(shl.item(), max(1, 4, 1, 2.5) - 1, rel_tol=1e-6)
+    assert torch.equal(shl, losses.structured_hinge_loss(SCORES4, WORST_FILLED, ALL4, t))
+    assert losses.log_loss(SCORES4, ROLLED, ALL4, t).item() == losses.log_loss(SCORES4, WORST_FILLED, ALL4, t).item()

@@ -29,7 +29,7 @@ from fairseq.models import (
 from fairseq.modules import FairseqDropout
 from torch import Tensor
 
-from searnn_fairseq.rollout import action_mask
+from searnn_fairseq.vocabulary import action_mask
 
 # RNNs have no positional limit; fairseq's LSTM uses the same "large number".
 DEFAULT_MAX_POSITIONS = int(1e5)
@@ -384,8 +384,12 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         else:
             self.out_embed_proj = None
             self.fc_out = nn.Linear(hidden_size, len(dictionary))
-        # not saved: checkpoints from before it load unchanged
+        # not saved: checkpoints from before them load unchanged
         self.register_buffer("actions", action_mask(dictionary), persistent=False)
+        # What a target can hold: the actions, and UNK for words outside the dictionary.
+        target_symbols = action_mask(dictionary)
+        target_symbols[dictionary.unk()] = True
+        self.register_buffer("target_symbols", target_symbols, persistent=False)
 
     @property
     def stepwise(self) -> bool:
@@ -410,7 +414,8 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
 
         Returns:
             logits (batch, tgt_len or 1, vocab) and {"attn": [(batch, tgt_len, src_len)
-            attention weights, or None without attention]}
+            attention weights, or None without attention], "decoding": whether they come
+            from step-by-step decoding (an incremental state)}
         """
         x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
         return self.output_layer(x), extra
@@ -488,16 +493,22 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
                     "padding_mask": padding_mask,
                 },
             )
-        return x, {"attn": [attn]}
+        return x, {"attn": [attn], "decoding": incremental_state is not None}
 
     def get_normalized_probs(self, net_output, log_probs: bool, sample=None):
-        """In eval mode (fairseq-generate, validation) only real tokens can be predicted, as in
-        SEARNN's roll-ins, roll-outs and validation decoding: a sampled loss (sLL, sLLCAS) never
-        trains the scores of BOS, UNK or padding, and a model trained with top-k sampling was
-        seen to rank BOS first in most test sentences, which fairseq-generate then emitted and
-        printed as nothing. Training (MLE's and LL's full softmax included) is unchanged."""
+        """In eval mode, step-by-step decoding (fairseq-generate) predicts only real tokens, as
+        SEARNN's roll-ins, roll-outs and validation decoding do: a sampled loss (sLL, sLLCAS)
+        never trains the scores of BOS, UNK or padding, and a model trained with top-k sampling
+        was seen to rank BOS first in most test sentences, which fairseq-generate then emitted
+        and printed as nothing. Scoring given targets (the validation loss, --score-reference)
+        masks only what no target holds (BOS, padding, fillers): a target may hold UNK, whose
+        log-probability must stay finite. Training (MLE's and LL's full softmax included) is
+        unchanged."""
         if not self.training:
-            net_output = (net_output[0].masked_fill(~self.actions, float("-inf")), *net_output[1:])
+            extra = net_output[1] if len(net_output) > 1 else None
+            decoding = isinstance(extra, dict) and extra.get("decoding", False)
+            allowed = self.actions if decoding else self.target_symbols
+            net_output = (net_output[0].masked_fill(~allowed, float("-inf")), *net_output[1:])
         return super().get_normalized_probs(net_output, log_probs, sample)
 
     def output_layer(self, features: Tensor) -> Tensor:
