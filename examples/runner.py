@@ -42,6 +42,9 @@ class Run:
     seed: int
     flags: List[str]  # criterion and search flags
     group: str = "table1"
+    # fine-tune from this run's best checkpoint (fairseq's --finetune-from-model: weights only, a fresh
+    # optimizer, data order and meters); run_all trains and records it first when it is not yet
+    init_from: Optional["Run"] = None
 
     @property
     def name(self) -> str:
@@ -87,6 +90,14 @@ def baseline_rows(experiment: Experiment) -> List[dict]:
     if os.path.abspath(experiment.results) == os.path.abspath(default):
         return []
     return [row for row in recorded(replace(experiment, results=default)).values() if row["config"] == "MLE"]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset`` narrows them), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
 
 
 def environment(threads: int) -> Dict[str, str]:
@@ -164,7 +175,16 @@ def train_command(experiment: Experiment, run: Run, save_dir: str) -> List[str]:
         fairseq_command("fairseq-train"), experiment.data, "--user-dir", "searnn_fairseq", *experiment.common, *run.flags,
         "--seed", str(run.seed), "--save-dir", save_dir, *device_flags(experiment), "--num-workers", "0",
         "--best-checkpoint-metric", "cost", "--no-epoch-checkpoints", "--log-format", "json",
+        *init_flags(experiment, run),
     ]
+
+
+def init_flags(experiment: Experiment, run: Run) -> List[str]:
+    """fairseq's fine-tuning flag for a run started from another run's best checkpoint. fairseq uses it
+    only while the run has no checkpoint_last.pt of its own, so a resumed run goes on from its own."""
+    if run.init_from is None:
+        return []
+    return ["--finetune-from-model", os.path.join(experiment.work_dir, run.init_from.name, BEST_CHECKPOINT)]
 
 
 def generate_command(experiment: Experiment, save_dir: str) -> List[str]:
@@ -385,6 +405,8 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
         f.write(out.stdout + out.stderr)
     out.check_returncode()
     test_error = parse_score(out.stdout + out.stderr, experiment.scoring)
+    if run.init_from is not None:
+        extra = {**source_fields(recorded(experiment).get(run.init_from.name), curve), **extra}
     row = {
         "task": experiment.task,
         "run": run.name,
@@ -411,12 +433,35 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
     return row
 
 
+def first_reaching(curve: List[dict], target: float) -> Optional[float]:
+    """The wall time (s) of the first validation at or below ``target``, None if none reaches it."""
+    return next((point["wall"] for point in curve if point["cost"] <= target), None)
+
+
+def source_fields(source: Optional[dict], curve: List[dict]) -> dict:
+    """What a fine-tuned run's row keeps of its source run: its name, its wall time, the total (the
+    source's plus the fine-tuning's), and the total wall time at which the fine-tuning's validation
+    first reached the source's best (None if never)."""
+    if source is None:
+        return {}
+    wall = curve[-1]["wall"] if curve else 0.0
+    reached = first_reaching(curve, source["best_valid_cost"])
+    return {
+        "init_from": source["run"],
+        "source_wall_s": source["wall_s"],
+        "source_test_error": source["test_error"],
+        "source_best_valid_cost": source["best_valid_cost"],
+        "total_wall_s": source["wall_s"] + wall,
+        "reaches_source_best_s": None if reached is None else source["wall_s"] + reached,
+    }
+
+
 def reevaluate(experiment: Experiment, runs: List[Run], log=print) -> None:
     """Test recorded runs again, after a change to how a model is evaluated: each run whose best
     checkpoint is on this machine gets a new row, which supersedes its old one (the old test
     error kept in it); the others' rows stand, and are named."""
     done = read_rows(experiment.results)
-    threads = os.cpu_count() or 1  # one test at a time
+    threads = usable_cores()  # one test at a time
     for run in runs:
         save_dir = os.path.join(experiment.work_dir, run.name)
         if not is_recorded(done, experiment, run):
@@ -428,12 +473,53 @@ def reevaluate(experiment: Experiment, runs: List[Run], log=print) -> None:
                     previous_test_error=done[run.name]["test_error"])
 
 
+def with_sources(runs: List[Run]) -> List[Run]:
+    """The runs, preceded by the runs they fine-tune from that are not among them."""
+    named = {run.name for run in runs}
+    sources = []
+    for run in runs:
+        source = run.init_from
+        if source is not None and source.name not in named:
+            named.add(source.name)
+            sources.append(source)
+    return with_sources(sources) + runs if sources else runs
+
+
+def stages(runs: List[Run]) -> List[List[Run]]:
+    """The runs in stages, each after the stages of the runs it fine-tunes from."""
+    names = {run.name for run in runs}
+    left, done, result = list(runs), set(), []
+    while left:
+        stage = [run for run in left if run.init_from is None or run.init_from.name in done
+                 or run.init_from.name not in names]
+        if not stage:
+            raise ValueError(f"runs that fine-tune from each other in a cycle: {[run.name for run in left]}")
+        result.append(stage)
+        done |= {run.name for run in stage}
+        left = [run for run in left if run not in stage]
+    return result
+
+
 def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, progress_every: float = 30) -> List[dict]:
+    """Train and test the runs not yet recorded, ``jobs`` at a time; a run that fine-tunes from another
+    starts once that one is recorded (trained first if it is not among ``runs``)."""
     os.makedirs(experiment.work_dir, exist_ok=True)
     done = recorded(experiment)
+    runs = with_sources(runs)
     todo = [run for run in runs if not is_recorded(done, experiment, run)]
     log(f"[{experiment.task}] {len(runs) - len(todo)} runs already recorded, {len(todo)} to go, {jobs} at a time")
-    threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+    for stage in stages(todo):
+        ready = [run for run in stage if run.init_from is None or is_recorded(recorded(experiment), experiment,
+                                                                               run.init_from)]
+        for run in stage:
+            if run not in ready:
+                log(f"[{experiment.task}] {run.name}: not started, its source {run.init_from.name} is not recorded")
+        run_stage(experiment, ready, jobs, log, progress_every)
+    return list(recorded(experiment).values())
+
+
+def run_stage(experiment: Experiment, todo: List[Run], jobs: int, log=print, progress_every: float = 30) -> None:
+    threads = max(1, usable_cores() // max(jobs, 1))
     reported: Dict[str, Optional[int]] = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(run_one, experiment, run, threads, log): run for run in todo}
@@ -449,7 +535,6 @@ def run_all(experiment: Experiment, runs: List[Run], jobs: int = 2, log=print, p
             for future in pending:
                 if future.running():
                     report_progress(experiment, futures[future], log, reported)
-    return list(recorded(experiment).values())
 
 
 def report_progress(experiment: Experiment, run: Run, log=print, reported: Optional[Dict[str, Optional[int]]] = None) -> None:
@@ -523,7 +608,8 @@ def with_extra_flags(runs: List[Run], extra: List[str]) -> List[Run]:
         raise SystemExit(f"--extra-flags cannot set {owned}: the runner sets them per run "
                          "(use --seeds for seeds, --device for the device)")
     suffix = shlex.join(extra)
-    return [Run(f"{run.config}, {suffix}", run.seed, [*run.flags, *extra], group="diagnostic") for run in runs]
+    return [replace(run, config=f"{run.config}, {suffix}", flags=[*run.flags, *extra], group="diagnostic")
+            for run in runs]
 
 
 def diagnostic_results(task: str) -> str:

@@ -4,6 +4,8 @@
     python examples/ocr/run.py --grid table1        # + the other roll-in/roll-out pairs, seed 1
     python examples/ocr/run.py --grid table2        # + token sampling (5 tokens per cell), seed 1
     python examples/ocr/run.py --report             # print the tables and draw the plots
+    python examples/ocr/run.py --grid finetune      # MLE, then SEARNN fine-tuned from its best checkpoint
+    python examples/ocr/run.py --grid finetune --report
 
 Data: ``--data-root``/ocr/letter.data.gz (or $SEARNN_DATA), preprocessed once into
 ``--work-dir``/data (test = fold 0, train = the other nine folds, 10% of train
@@ -13,9 +15,15 @@ at most 30 epochs, early stop after 6 epochs without a better validation
 Hamming error, checkpoint of lowest validation error evaluated on test with
 ``fairseq-generate --beam 1 --scoring hamming``. Runs are resumable; results
 go to examples/results/ocr.jsonl as they finish.
+
+``--grid finetune`` (results in examples/results/ocr-finetune.jsonl): MLE on seeds 1-3, then
+LLCAS learned/mixed fine-tuned from each seed's best MLE checkpoint (``--finetune-from-model``)
+with FINETUNE below; the ``finetune-tuning`` rows (seed 1) are the variants it was chosen from,
+on validation error. Its report compares them with SEARNN from scratch (examples/results/ocr.jsonl).
 """
 
 import os
+import statistics
 import subprocess
 import sys
 from typing import List, Optional
@@ -44,6 +52,23 @@ TABLE2 = [
     for sampling in SAMPLINGS
 ]
 
+# Fine-tuning from MLE: a shorter budget than from scratch, as the model starts at MLE's plateau,
+# and the variant of FINETUNE_TUNING with the lowest validation error on seed 1.
+FINETUNE_BUDGET = ["--max-epoch", "10", "--patience", "3"]
+SCRATCH_CONFIG = "LLCAS learned/mixed"  # Table 1's row, the run fine-tuning is compared with
+LLCAS = ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "mixed"]
+FINETUNE_TUNING = [
+    (f"{SCRATCH_CONFIG} from MLE, {name}", [*LLCAS, *FINETUNE_BUDGET, *flags]) for name, flags in (
+        ("lr 2e-3", ["--lr", "0.002"]),
+        ("lr 1e-3", ["--lr", "0.001"]),
+        ("lr 5e-4", ["--lr", "0.0005"]),
+        ("lr 1e-3, roll-in warm-up 300", ["--lr", "0.001", "--rollin-warmup-updates", "300"]),
+        ("lr 1e-3, MLE weight 1 decayed over 300", ["--lr", "0.001", "--mle-weight", "1",
+                                                    "--mle-weight-decay-updates", "300"]),
+    )
+]
+FINETUNE_CONFIG, FINETUNE = FINETUNE_TUNING[4]
+
 COMMON = [
     "--task", "dense_seq2seq", "--arch", "searnn_gru_ocr", "--cost", "hamming",
     "--optimizer", "adam", "--lr", "0.002", "--batch-size", "64",
@@ -69,16 +94,36 @@ def prepare(data_root: str, work_dir: str) -> str:
 
 
 def experiment(args, data: str) -> runner.Experiment:
+    results = runner.results_file(args, "ocr") or (FINETUNE_RESULTS if args.grid == "finetune" else "")
     return runner.Experiment(task="ocr", data=data, work_dir=args.work_dir,
                              common=runner.capped(COMMON, args.stop_time_hours), scoring="hamming",
-                             generate_flags=GENERATE, results=runner.results_file(args, "ocr"), device=args.device,
+                             generate_flags=GENERATE, results=results, device=args.device,
                              budget_hours=args.budget_hours, snapshots=args.snapshot_dir)
+
+
+FINETUNE_RESULTS = runner.default_results("ocr-finetune")
+
+
+def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
+    """MLE, then SEARNN fine-tuned from its best checkpoint, per seed (default 1-3), and the
+    fine-tuning variants on the first seed (what FINETUNE was chosen from, on validation)."""
+    seeds = seeds or [1, 2, 3]
+    mle = {seed: runner.Run("MLE", seed, ["--criterion", "searnn_mle"], group="finetune") for seed in seeds}
+    chosen = [*mle.values()]
+    chosen += [runner.Run(FINETUNE_CONFIG, seed, FINETUNE, group="finetune", init_from=mle[seed]) for seed in seeds]
+    chosen += [runner.Run(config, seeds[0], flags, group="finetune-tuning", init_from=mle[seeds[0]])
+               for config, flags in FINETUNE_TUNING if config != FINETUNE_CONFIG]
+    # LLCAS from scratch (Table 1's run), timed on the machine that times the rest
+    chosen += [runner.Run(SCRATCH_CONFIG, seed, LLCAS, group="finetune-scratch") for seed in seeds]
+    return chosen
 
 
 def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
     """The grid's runs. Without ``--seeds``: the Table 1 minimum on seeds 1, 2, 3 and the other rows on
     seed 1 only (they are the many, costly ones); with it, every row on exactly the seeds named, so
     that ``--grid table2 --seeds 2 3`` trains Table 2's seeds 2 and 3 rather than quietly only seed 2."""
+    if grid == "finetune":
+        return finetune_runs(seeds)
     minimum_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
     chosen = [runner.Run(config, seed, flags) for config, flags in TABLE1_MAIN for seed in minimum_seeds]
     if grid in ("table1", "all"):
@@ -88,7 +133,103 @@ def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
     return chosen
 
 
+def finetune_comparison(mle: dict, scratch: Optional[dict], finetuned: Optional[dict]) -> dict:
+    """One seed's (a) MLE, (b) SEARNN from scratch, (c) MLE then SEARNN fine-tuning: test error, total
+    wall time, and the wall time at which validation first reaches MLE's best validation error."""
+    target = mle["best_valid_cost"]
+    row = {"seed": mle["seed"], "mle_test": mle["test_error"], "mle_wall_s": mle["wall_s"],
+           "mle_reaches_s": runner.first_reaching(mle["curve"], target)}
+    if scratch:
+        row.update(scratch_test=scratch["test_error"], scratch_wall_s=scratch["wall_s"],
+                   scratch_reaches_s=runner.first_reaching(scratch["curve"], target))
+    if finetuned:
+        wall = finetuned["curve"][-1]["wall"] if finetuned["curve"] else 0.0
+        reached = runner.first_reaching(finetuned["curve"], target)
+        row.update(finetune_test=finetuned["test_error"], finetune_wall_s=mle["wall_s"] + wall,
+                   finetune_reaches_s=None if reached is None else mle["wall_s"] + reached)
+    return row
+
+
+def format_finetune_table(comparisons: List[dict]) -> str:
+    def seconds(value):
+        return "never" if value is None else f"{value:.0f}"
+
+    lines = ["| seed | MLE test % | MLE wall s | scratch test % | scratch wall s | scratch reaches s | "
+             "MLE+FT test % | MLE+FT wall s | MLE+FT reaches s |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['seed']} | {c['mle_test']:.2f} | {c['mle_wall_s']:.0f} | "
+                     f"{c.get('scratch_test', float('nan')):.2f} | {c.get('scratch_wall_s', float('nan')):.0f} | "
+                     f"{seconds(c.get('scratch_reaches_s'))} | {c.get('finetune_test', float('nan')):.2f} | "
+                     f"{c.get('finetune_wall_s', float('nan')):.0f} | {seconds(c.get('finetune_reaches_s'))} |")
+    for key, name in (("mle_test", "MLE"), ("scratch_test", "scratch"), ("finetune_test", "MLE+FT")):
+        values = [c[key] for c in comparisons if key in c]
+        if len(values) > 1:
+            lines.append(f"{name}: test {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} "
+                         f"over seeds {[c['seed'] for c in comparisons if key in c]}")
+    return "\n".join(lines[:2 + len(comparisons)] + [""] + lines[2 + len(comparisons):])
+
+
+def plot_finetune(comparisons_rows: List[tuple], path: str) -> None:
+    """Validation error against wall time: MLE, SEARNN from scratch and MLE then SEARNN fine-tuning
+    (the fine-tuning's curve after MLE's whole run, as it starts from MLE's best checkpoint then)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for index, (mle, scratch, finetuned) in enumerate(comparisons_rows):
+        style = {"linestyle": ("-", "--", ":")[index % 3], "linewidth": 1.3}
+        label = f" (seed {mle['seed']})"
+        ax.plot([p["wall"] / 60 for p in mle["curve"]], [p["cost"] for p in mle["curve"]], color="black",
+                label="MLE" + label, **style)
+        if scratch:
+            ax.plot([p["wall"] / 60 for p in scratch["curve"]], [p["cost"] for p in scratch["curve"]], color="C0",
+                    label="LLCAS from scratch" + label, **style)
+        if finetuned:
+            start = mle["wall_s"]
+            ax.plot([(start + p["wall"]) / 60 for p in finetuned["curve"]], [p["cost"] for p in finetuned["curve"]],
+                    color="C3", label="MLE, then LLCAS fine-tuning" + label, **style)
+    ax.set_xlabel("total wall time (min, one core)")
+    ax.set_ylabel("validation Hamming error per word")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    ax.set_title("OCR: SEARNN from scratch vs fine-tuned from MLE")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report_finetune(args) -> None:
+    rows = runner.read_rows(FINETUNE_RESULTS)
+    scratch_rows = {**runner.read_rows(runner.default_results("ocr")), **rows}  # a same-machine rerun wins
+    tuning = [row for row in rows.values() if row["group"] == "finetune-tuning"]
+    if tuning:
+        print("Fine-tuning variants, seed 1 (chosen on validation error):")
+        print("| config | best valid cost | test % | updates | fine-tuning wall s |\n|---|---|---|---|---|")
+        for row in tuning:
+            print(f"| {row['config']} | {row['best_valid_cost']:.4f} | {row['test_error']:.2f} | {row['updates']} | "
+                  f"{row['wall_s']:.0f} |")
+    triples = []
+    for mle in sorted((r for r in rows.values() if r["config"] == "MLE"), key=lambda r: r["seed"]):
+        seed = mle["seed"]
+        scratch = scratch_rows.get(f"llcas-learned-mixed-seed{seed}")
+        finetuned = rows.get(runner.Run(FINETUNE_CONFIG, seed, []).name)
+        triples.append((mle, scratch, finetuned))
+    if not triples:
+        return
+    print("\nPer seed: (a) MLE, (b) LLCAS from scratch, (c) MLE then LLCAS fine-tuning; wall = total "
+          "training time, reaches = wall time of the first validation at or below MLE's best")
+    print(format_finetune_table([finetune_comparison(*triple) for triple in triples]))
+    path = os.path.splitext(FINETUNE_RESULTS)[0] + "_validation.png"
+    plot_finetune(triples, path)
+    print(f"\nplot: {path}")
+
+
 def report(args) -> None:
+    if args.grid == "finetune":
+        return report_finetune(args)
     results = experiment(args, "")
     rows = list(runner.recorded(results).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
@@ -106,7 +247,7 @@ def report(args) -> None:
 def main():
     parser = runner.common_arguments(__doc__)
     parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "ocr"))
-    parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
+    parser.add_argument("--grid", choices=["main", "table1", "table2", "all", "finetune"], default="main")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = runner.parse_arguments(parser)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
