@@ -7,6 +7,14 @@ timing, the model is fitted to the batch with a few MLE updates so that
 learned roll-outs stop at a realistic length (a fresh model never emits EOS
 and every roll-out would run to the cap).
 
+Configuration ``5-mt-multi30k`` is the translation example's own setting
+(examples/mt/run.py: its transformer, its MLE criterion, its "KL top-k" SEARNN
+row) on a real batch: the first ``--max-tokens 2048`` batch of the binarised
+Multi30k training set (``--mt-data``, made by preprocessing/mt.py) as
+fairseq-train with ``--seed 1`` would draw it. ``--mt-checkpoint`` loads a
+trained MLE checkpoint's weights instead of the fitting; without the data the
+configuration is skipped with a message and the others still run.
+
 Peak memory is measured in a fresh subprocess per (configuration, criterion):
 the rise of the process's peak resident set (CPU) or of
 ``torch.cuda.max_memory_allocated`` (GPU) over the state before the first
@@ -15,6 +23,7 @@ step.
     python benchmarks/step_time.py                 # all configurations
     python benchmarks/step_time.py --quick         # tiny sizes, < 1 minute
     python benchmarks/step_time.py --device cuda --json out.json
+    python benchmarks/step_time.py --configs 5-mt-multi30k --mt-checkpoint runs/mt/mle-baseline-seed1/checkpoint_best.pt
 """
 
 import argparse
@@ -26,16 +35,22 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
-from fairseq import options, tasks  # noqa: E402
+from fairseq import checkpoint_utils, options, tasks, utils  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
-import searnn_fairseq  # noqa: E402,F401
+import searnn_fairseq  # noqa: E402,F401  (before any torch.load: registers the checkpoints' safe globals)
 from benchmarks.naive import naive_search  # noqa: E402
+from examples.mt import run as mt_example  # noqa: E402  (flag lists only; imports nothing but the standard library)
+
+MT_DATA = os.environ.get("SEARNN_MT_DATA") or os.path.join(REPO, "runs", "mt", "data")
+MT_ROWS = dict(mt_example.FINETUNE_ROWS)
 
 CONFIGS = {
     "1-ocr-5tok": dict(
@@ -70,6 +85,15 @@ CONFIGS = {
         searnn=["--criterion", "searnn_llcas", "--cost", "edit", "--rollin", "learned", "--rollout", "mixed",
                 "--token-sampling", "all"],
     ),
+    # The translation example as it runs: its model (dropout 0.3 included), its fine-tuning batch size,
+    # its MLE criterion (label-smoothed, the "MLE continued" row) and its "KL top-k" SEARNN row, on
+    # the first Multi30k training batch. Weights: --mt-checkpoint, else the transformer fitting of config 3.
+    "5-mt-multi30k": dict(
+        arch=mt_example.MODEL, task=mt_example.TASK,
+        max_tokens=int(mt_example.FINETUNE[mt_example.FINETUNE.index("--max-tokens") + 1]),
+        mle=MT_ROWS["MLE continued"], searnn=MT_ROWS["KL top-k"],
+        fit_steps=130, fit_lr=5e-4,
+    ),
 }
 
 QUICK = {
@@ -77,13 +101,28 @@ QUICK = {
     "2-ocr-all": dict(batch=4, lengths=(3, 5)),
     "3-mt-transformer": dict(batch=4, lengths=(5, 8), vocab=200),
     "4-spelling-all": dict(batch=4, lengths=(3, 5)),
+    "5-mt-multi30k": dict(sentences=4),  # the first 4 sentences of the batch; runs only where the data is
 }
+
+
+def mt_data_missing(data):
+    """Why the binarised Multi30k in ``data`` cannot be used, or None when it can."""
+    flag = mt_example.TASK.index
+    src, tgt = mt_example.TASK[flag("--source-lang") + 1], mt_example.TASK[flag("--target-lang") + 1]
+    needed = [f"dict.{src}.txt", f"dict.{tgt}.txt"]
+    needed += [f"train.{src}-{tgt}.{lang}.{ext}" for lang in (src, tgt) for ext in ("bin", "idx")]
+    absent = [name for name in needed if not os.path.isfile(os.path.join(data, name))]
+    if absent:
+        return (f"no binarised Multi30k in {data} ({', '.join(absent)} missing): make it with preprocessing/mt.py "
+                f"(or examples/mt/run.py), then pass --mt-data DIR or set SEARNN_MT_DATA")
+    return None
 
 
 def build(config, criterion_flags, device):
     parser = options.get_training_parser()
-    argv = ["unused", "--task", "translation", "--optimizer", "sgd", "--lr", "0.1", *config["arch"],
-            *criterion_flags, "--dropout", "0.1"]
+    # dropout 0.1 unless the configuration's model sets its own
+    argv = ["unused", "--task", "translation", "--optimizer", "sgd", "--lr", "0.1", "--dropout", "0.1", *config["arch"],
+            *criterion_flags]
     if device == "cpu":
         argv.append("--cpu")
     args = options.parse_args_and_arch(parser, argv)
@@ -93,6 +132,43 @@ def build(config, criterion_flags, device):
     dictionary.finalize(padding_factor=8)
     task = tasks.translation.TranslationTask(args, dictionary, dictionary)
     return task, args
+
+
+def data_argv(config, data, flags):
+    return [data, *config["task"], "--max-tokens", str(config["max_tokens"]), "--seed", "1", *config["arch"], *flags]
+
+
+def build_from_data(config, criterion_flags, device, data):
+    """The translation task of ``data`` (its dictionaries and training set) with the configuration's flags."""
+    argv = data_argv(config, data, ["--optimizer", "sgd", "--lr", "0.1", *criterion_flags])
+    if device == "cpu":
+        argv.append("--cpu")
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    task = tasks.setup_task(args)
+    task.load_dataset("train")
+    return task, args
+
+
+def first_data_batch(config, task, model, device, sentences=0):
+    """The first training batch of epoch 1, as fairseq-train (--seed 1) draws it: the translation
+    task's length-bucketed batches of --max-tokens, shuffled. ``sentences`` keeps only its first few."""
+    dataset = task.dataset("train")
+    iterator = task.get_batch_iterator(
+        dataset=dataset, max_tokens=config["max_tokens"],
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions(), config["max_tokens"]),
+        ignore_invalid_inputs=True, required_batch_size_multiple=8, seed=1, epoch=1,
+    )
+    with warnings.catch_warnings():  # fairseq's loader asks for pinned memory, which a CPU has none of
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+        sample = next(iter(iterator.next_epoch_itr(shuffle=True)))
+    if sentences:
+        sample = dataset.collater([dataset[i] for i in sample["id"][:sentences].tolist()])
+    return move(sample, device)
+
+
+def load_weights(model, path):
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    model.load_state_dict(state["model"], strict=True)
 
 
 def make_batch(config, dictionary, device, seed=0):
@@ -159,21 +235,36 @@ def fit_to_batch(model, mle, sample, steps, lr):
         update(model, mle, optimizer, sample)
 
 
-def setup(name, quick, device, seed=0, extra=()):
+def setup(name, quick, device, seed=0, extra=(), mt_data=MT_DATA, mt_checkpoint=None):
     config = dict(CONFIGS[name])
     if quick:
         config.update(QUICK[name])
-    task, args = build(config, [*config["searnn"], *extra], device)
+    mle_flags = config.get("mle", ["--criterion", "cross_entropy"])
+    real_data = "max_tokens" in config
+    if real_data:
+        task, args = build_from_data(config, [*config["searnn"], *extra], device, mt_data)
+        mle_args = options.parse_args_and_arch(options.get_training_parser(), data_argv(config, mt_data, mle_flags))
+    else:
+        task, args = build(config, [*config["searnn"], *extra], device)
+        mle_args = options.parse_args_and_arch(
+            options.get_training_parser(), ["unused", "--task", "translation", *config["arch"], *mle_flags]
+        )
     torch.manual_seed(seed)
     model = task.build_model(args).to(device)
     searnn = task.build_criterion(args)
-    mle_args = options.parse_args_and_arch(
-        options.get_training_parser(), ["unused", "--task", "translation", *config["arch"], "--criterion", "cross_entropy"]
-    )
     mle = task.build_criterion(mle_args)
-    sample = make_batch(config, task.target_dictionary, device)
+    if real_data:
+        sample = first_data_batch(config, task, model, device, config.get("sentences", 0))
+    else:
+        sample = make_batch(config, task.target_dictionary, device)
     model.train()
-    fit_to_batch(model, mle, sample, steps=2 if quick else config.get("fit_steps", 40), lr=config.get("fit_lr", 3e-3))
+    if real_data and mt_checkpoint:
+        load_weights(model, mt_checkpoint)
+        config["weights"] = os.path.basename(mt_checkpoint)
+    else:
+        steps = 2 if quick else config.get("fit_steps", 40)
+        fit_to_batch(model, mle, sample, steps=steps, lr=config.get("fit_lr", 3e-3))
+        config["weights"] = f"fitted to the batch ({steps} MLE updates)"
     return config, model, mle, searnn, sample
 
 
@@ -221,11 +312,13 @@ def time_naive(model, searnn, sample, device, repeats):
     return statistics.median(times), statistics.median(batched_times)
 
 
-def peak_memory(name, quick, device, extra):
+def peak_memory(name, quick, device, extra, mt_data, mt_checkpoint):
     """Peak memory rise (MB) of a few MLE updates, then of a few SEARNN updates,
     measured in one fresh process."""
     cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", name, "--device", device,
-           f"--searnn-flags={' '.join(extra)}"]
+           f"--searnn-flags={' '.join(extra)}", "--threads", str(torch.get_num_threads()), "--mt-data", mt_data]
+    if mt_checkpoint:
+        cmd += ["--mt-checkpoint", mt_checkpoint]
     if quick:
         cmd.append("--quick")
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -233,8 +326,8 @@ def peak_memory(name, quick, device, extra):
     return float(mle), float(searnn)
 
 
-def memory_probe(name, quick, device, extra):
-    config, model, mle, searnn, sample = setup(name, quick, device, extra=extra)
+def memory_probe(name, quick, device, extra, mt_data, mt_checkpoint):
+    config, model, mle, searnn, sample = setup(name, quick, device, extra=extra, mt_data=mt_data, mt_checkpoint=mt_checkpoint)
     peaks = []
     for criterion in (mle, searnn):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -291,10 +384,15 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(names, quick, device, repeats, warmup, with_memory, extra):
+def run(names, quick, device, repeats, warmup, with_memory, extra, mt_data=MT_DATA, mt_checkpoint=None):
     rows = []
     for name in names:
-        config, model, mle, searnn, sample = setup(name, quick, device, extra=extra)
+        if "max_tokens" in CONFIGS[name]:
+            missing = mt_data_missing(mt_data)
+            if missing:
+                print(f"{name}: skipped: {missing}", flush=True)
+                continue
+        config, model, mle, searnn, sample = setup(name, quick, device, extra=extra, mt_data=mt_data, mt_checkpoint=mt_checkpoint)
         mle_time, _ = time_updates(model, mle, sample, device, repeats, warmup)
         searnn_time, logs = time_updates(model, searnn, sample, device, repeats, warmup)
         rollouts = statistics.mean(log["rollouts"] for log in logs)
@@ -312,6 +410,9 @@ def run(names, quick, device, repeats, warmup, with_memory, extra):
             # how far learned roll-outs run: a model that stops at once makes the search look cheap
             "decoded_tokens_per_learned_rollout": (decoded - rollin_steps(sample)) / max(learned, 1),
             "decoded_tokens_per_s": decoded / searnn_time,
+            "sentences": int(sample["target"].size(0)),
+            "target_tokens": int(sample["ntokens"]),  # EOS included, padding not
+            "weights": config["weights"],
         }
         if config.get("naive"):
             naive_time, batched_time = time_naive(model, searnn, sample, device, max(1, repeats // 2))
@@ -319,7 +420,7 @@ def run(names, quick, device, repeats, warmup, with_memory, extra):
             row["batched_search_ms"] = 1000 * batched_time
             row["engine_speedup"] = naive_time / batched_time
         if with_memory:
-            row["mle_peak_mb"], row["searnn_peak_mb"] = peak_memory(name, quick, device, extra)
+            row["mle_peak_mb"], row["searnn_peak_mb"] = peak_memory(name, quick, device, extra, mt_data, mt_checkpoint)
             row["memory_ratio"] = row["searnn_peak_mb"] / max(row["mle_peak_mb"], 1e-6)
         rows.append(row)
         print(format_row(row), flush=True)
@@ -337,7 +438,7 @@ def format_row(row):
         text += f" | naive {row['naive_search_ms']:.1f} ms vs batched {row['batched_search_ms']:.1f} ms: {row['engine_speedup']:.1f}x"
     if "memory_ratio" in row:
         text += f" | peak MB MLE {row['mle_peak_mb']:.1f} SEARNN {row['searnn_peak_mb']:.1f} ({row['memory_ratio']:.2f}x)"
-    return text
+    return text + f" | batch {row['sentences']} sentences, {row['target_tokens']} target tokens; weights {row['weights']}"
 
 
 def machine(device):
@@ -356,17 +457,25 @@ def main():
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--searnn-flags", default="", help="extra criterion flags for every configuration, e.g. '--rollout-chunk-size 16'")
+    parser.add_argument("--mt-data", default=MT_DATA,
+                        help="binarised Multi30k of preprocessing/mt.py for 5-mt-multi30k (default: $SEARNN_MT_DATA, "
+                             "else runs/mt/data); absent, that configuration is skipped")
+    parser.add_argument("--mt-checkpoint", help="5-mt-multi30k starts from this trained MLE checkpoint's weights "
+                                                "(e.g. examples/mt's baseline checkpoint_best.pt) instead of fitting to the batch")
     parser.add_argument("--memory-probe", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mt_checkpoint and not os.path.isfile(args.mt_checkpoint):
+        parser.error(f"--mt-checkpoint {args.mt_checkpoint}: no such file")
     if args.threads:
         torch.set_num_threads(args.threads)
     extra = args.searnn_flags.split()
     if args.memory_probe:
-        memory_probe(args.memory_probe, args.quick, args.device, extra)
+        memory_probe(args.memory_probe, args.quick, args.device, extra, args.mt_data, args.mt_checkpoint)
         return
     repeats = args.repeats or (2 if args.quick else 7)
     print(f"device: {machine(args.device)}; torch {torch.__version__}", flush=True)
-    rows = run(args.configs, args.quick, args.device, repeats, 1 if args.quick else 2, not args.no_memory, extra)
+    rows = run(args.configs, args.quick, args.device, repeats, 1 if args.quick else 2, not args.no_memory, extra,
+               args.mt_data, args.mt_checkpoint)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": machine(args.device), "quick": args.quick, "results": rows}, f, indent=2)
