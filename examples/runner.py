@@ -798,10 +798,7 @@ def common_arguments(description: str) -> argparse.ArgumentParser:
                         help="the time budget of this invocation: end its training H hours after its start. Each "
                              "run stops then (mid-epoch if need be) with a checkpoint that the next invocation "
                              "resumes, snapshotted as --snapshot does, and no run starts later; unlike "
-                             "--stop-time-hours it does not change the runs (e.g. to fit a lent GPU's minutes)")
-    # the option's former name, accepted so that older command lines still run
-    parser.add_argument("--session-hours", type=float, dest="budget_hours", default=argparse.SUPPRESS,
-                        help=argparse.SUPPRESS)
+                             "--stop-time-hours it does not change the runs")
     parser.add_argument("--reevaluate", action="store_true",
                         help="train nothing: test the chosen recorded runs' best checkpoints again (those on "
                              "this machine) and append their rows, which supersede the old ones")

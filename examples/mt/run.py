@@ -330,7 +330,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--stage", choices=["base", "all"], default="all")
     parser.add_argument("--configs", nargs="+", help="only these fine-tuning rows")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="fine-tuning seeds (default 1 2 3)")
-    parser.add_argument("--finetune-hours", type=float, default=0.5, help="training time of every fine-tuning run")
+    parser.add_argument("--finetune-hours", type=float, default=0.4, help="training time of every fine-tuning run, in hours (default 0.4)")
     parser.add_argument("--jobs", type=int, default=2, help="fine-tuning runs trained at a time, one core each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--report", action="store_true", help="only print the table and draw the plot")
