@@ -284,7 +284,8 @@ def plot(rows: List[dict], path: str) -> None:
         ax.set_ylabel("validation BLEU (greedy)")
         ax.set_title("MLE baseline" if stage == "base" else "fine-tuning from the baseline")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
