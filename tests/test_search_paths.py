@@ -216,9 +216,8 @@ def test_kl_criterion_equals_the_hand_value():
     assert math.isclose(loss.item(), expected, rel_tol=1e-5), (loss.item(), expected)
 
 
-def target_distributions(crit, model, sample):
-    """The KL loss's target q at every cell, read off the gradient: for
-    -sum q log softmax(s), dloss/ds = softmax(s) - q."""
+def logits_after_backward(crit, model, sample):
+    """The decoder's gradient-carrying output logits, with their gradient after the loss's backward."""
     captured = []
 
     def keep_logits(module, args, output):
@@ -233,7 +232,13 @@ def target_distributions(crit, model, sample):
     finally:
         handle.remove()
     assert len(captured) == 1, "one gradient-carrying forward"
-    logits = captured[0]
+    return captured[0]
+
+
+def target_distributions(crit, model, sample):
+    """The KL loss's target q at every cell, read off the gradient: for
+    -sum q log softmax(s), dloss/ds = softmax(s) - q."""
+    logits = logits_after_backward(crit, model, sample)
     cells = logits.grad.abs().sum(dim=-1) > 0
     return torch.softmax(logits.detach()[cells], dim=-1) - logits.grad[cells]
 
@@ -279,19 +284,8 @@ def test_kl_full_softmax_targets_the_sampled_tokens_and_trains_the_rest_down():
     _, model_s, crit_s = tiny.build("lstm", ["--criterion", "searnn_kl", *REF_REF, *sampling], extra=NO_DROPOUT)
     model_s.load_state_dict(model.state_dict())
     model_s.train()
-    captured = []
-
-    def keep_logits(module, args, output):
-        if output[0].requires_grad:
-            output[0].retain_grad()
-            captured.append(output[0])
-
-    handle = model_s.decoder.register_forward_hook(keep_logits)
-    try:
-        crit_s(model_s, sample)[0].backward()
-    finally:
-        handle.remove()
-    grad = captured[0].grad.reshape(-1, captured[0].size(-1))
+    logits = logits_after_backward(crit_s, model_s, sample)
+    grad = logits.grad.reshape(-1, logits.size(-1))
     cells = grad.abs().sum(dim=1) > 0
     assert ((grad[cells].abs() > 0).sum(dim=1) <= 3).all(), "the sampled softmax touches the sampled logits only"
 
