@@ -652,8 +652,9 @@ LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \| INFO \| ([\w.]+) \|
 PROCESS_START = "Preparing to load checkpoint"
 
 
-def validation_curve(train_log: str) -> List[dict]:
-    """(updates, wall seconds, valid cost) at every validation, across resumes.
+def validation_curve(train_log: str, metrics: Optional[Dict[str, str]] = None) -> List[dict]:
+    """(updates, wall seconds, the validation metrics) at every validation, across resumes; ``metrics``
+    maps a point's key to the log's (default: ``cost`` from ``valid_cost``).
 
     Wall time is read off the log's timestamps from the start of each
     fairseq-train process, earlier processes' time (to their last progress
@@ -661,6 +662,7 @@ def validation_curve(train_log: str) -> List[dict]:
     ``wall`` does not survive a resume (0.12 restores its stopwatch stopped,
     and a resumed run logs ``"wall": "0"`` to the end).
     """
+    metrics = metrics or {"cost": "valid_cost"}
     points, carried, start, last = [], 0.0, None, None
     with open(train_log) as f:
         for line in f:
@@ -677,12 +679,12 @@ def validation_curve(train_log: str) -> List[dict]:
                 continue  # a new process logs a few lines before its marker
             start = stamp if start is None else start
             last = stamp
-            if match.group(2) == "valid" and '"valid_cost"' in match.group(3):
+            if match.group(2) == "valid" and all(f'"{name}"' in match.group(3) for name in metrics.values()):
                 stats = json.loads(match.group(3))
                 points.append({
                     "updates": int(float(stats["valid_num_updates"])),
                     "wall": carried + stamp - start,
-                    "cost": float(stats["valid_cost"]),
+                    **{key: float(stats[name]) for key, name in metrics.items()},
                 })
     return points
 

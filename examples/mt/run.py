@@ -34,7 +34,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -201,34 +200,9 @@ def evaluate(data: str, save_dir: str, beam: int, threads: int) -> Dict[str, obj
     return result
 
 
-def validation_curve(train_log: str) -> List[dict]:
-    """(updates, wall seconds, valid BLEU, valid loss) at every validation, wall time carried across resumes."""
-    points, carried, start, last = [], 0.0, None, None
-    with open(train_log) as f:
-        for line in f:
-            match = runner.LOG_LINE.match(line)
-            if not match:
-                continue
-            stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
-            if match.group(3).startswith(runner.PROCESS_START):
-                if last is not None:
-                    carried += last - start
-                start, last = stamp, None
-                continue
-            if match.group(2) not in ("train_inner", "train", "valid"):
-                continue
-            start = stamp if start is None else start
-            last = stamp
-            if match.group(2) == "valid" and '"valid_bleu"' in match.group(3):
-                stats = json.loads(match.group(3))
-                points.append({"updates": int(float(stats["valid_num_updates"])), "wall": carried + stamp - start,
-                               "bleu": float(stats["valid_bleu"]), "loss": float(stats["valid_loss"])})
-    return points
-
-
 def record(data: str, work_dir: str, run: MTRun, results: str, threads: int, log=print) -> dict:
     save_dir = os.path.join(work_dir, run.name)
-    curve = validation_curve(os.path.join(save_dir, "train.log"))
+    curve = runner.validation_curve(os.path.join(save_dir, "train.log"), {"bleu": "valid_bleu", "loss": "valid_loss"})
     tests = {beam: evaluate(data, save_dir, beam, threads) for beam in BEAMS}
     row = {
         "task": "mt", "run": run.name, "stage": run.stage, "config": run.config, "seed": run.seed,
