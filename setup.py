@@ -18,7 +18,7 @@ setup(
         "sacrebleu>=2.0",
         "sentencepiece",
     ],
-    extras_require={"test": ["pytest", "hypothesis", "matplotlib"]},
+    extras_require={"test": ["pytest", "hypothesis", "matplotlib", "seqeval==1.2.2"]},
     entry_points={
         "console_scripts": ["searnn-user-dir = searnn_fairseq.cli:print_user_dir"],
     },

@@ -48,9 +48,10 @@ from fairseq.data import Dictionary  # noqa: E402
 import searnn_fairseq  # noqa: E402,F401  (before any torch.load: registers the checkpoints' safe globals)
 from benchmarks.naive import naive_search  # noqa: E402
 from examples.mt import run as mt_example  # noqa: E402  (flag lists only; imports nothing but the standard library)
+from examples.conll.run import CONLL_SAMPLED_SEARCH  # noqa: E402  (the CoNLL example's search flags)
 
 MT_DATA = os.environ.get("SEARNN_MT_DATA") or os.path.join(REPO, "runs", "mt", "data")
-MT_ROWS = dict(mt_example.FINETUNE_ROWS)
+MT_ROWS = dict(mt_example.FINETUNE_ROWS + mt_example.DIAGNOSTIC_ROWS)
 
 CONFIGS = {
     "1-ocr-5tok": dict(
@@ -86,13 +87,27 @@ CONFIGS = {
                 "--token-sampling", "all"],
     ),
     # The translation example as it runs: its model (dropout 0.3 included), its fine-tuning batch size,
-    # its MLE criterion (label-smoothed, the "MLE continued" row) and its "KL top-k" SEARNN row, on
+    # its MLE criterion (label-smoothed, the "MLE continued" row) and its main SEARNN row, on
     # the first Multi30k training batch. Weights: --mt-checkpoint, else the transformer fitting of config 3.
     "5-mt-multi30k": dict(
         arch=mt_example.MODEL, task=mt_example.TASK,
         max_tokens=int(mt_example.FINETUNE[mt_example.FINETUNE.index("--max-tokens") + 1]),
-        mle=MT_ROWS["MLE continued"], searnn=MT_ROWS["KL top-k"],
+        mle=MT_ROWS["MLE continued"], searnn=MT_ROWS[mt_example.MAIN_SEARNN_ROW],
         fit_steps=130, fit_lr=5e-4,
+    ),
+    # CoNLL chunking (appendix B's model; the POS stream left out, its 44-d embedding costs nothing
+    # next to the GRUs): 22 tags, targets of 15-35 tags (the training set's mean is 24), the paper's
+    # LL learned/mixed over all tokens and cells, and the sampled search the example runs.
+    "6-conll-all": dict(
+        arch=["--arch", "searnn_gru_conll", "--encoder-factor-embed-dim", "0"],
+        vocab=22, batch=64, lengths=(15, 35), dense=0,
+        searnn=["--criterion", "searnn_ll", "--cost", "normalized_hamming", "--rollin", "learned",
+                "--rollout", "mixed", "--token-sampling", "all"],
+    ),
+    "7-conll-sampled": dict(
+        arch=["--arch", "searnn_gru_conll", "--encoder-factor-embed-dim", "0"],
+        vocab=22, batch=64, lengths=(15, 35), dense=0,
+        searnn=CONLL_SAMPLED_SEARCH,
     ),
 }
 
@@ -101,7 +116,9 @@ QUICK = {
     "2-ocr-all": dict(batch=4, lengths=(3, 5)),
     "3-mt-transformer": dict(batch=4, lengths=(5, 8), vocab=200),
     "4-spelling-all": dict(batch=4, lengths=(3, 5)),
-    "5-mt-multi30k": dict(sentences=4),  # the first 4 sentences of the batch; runs only where the data is
+    "5-mt-multi30k": dict(sentences=4),
+    "6-conll-all": dict(batch=4, lengths=(3, 5)),
+    "7-conll-sampled": dict(batch=4, lengths=(3, 5)),  # the first 4 sentences of the batch; runs only where the data is
 }
 
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -73,6 +73,8 @@ class Experiment:
     # where unfinished runs are snapshotted, outside the repository (default: default_snapshot_root())
     snapshots: str = ""
     budget_end: float = field(init=False, default=0.0)  # time.time() at which the budget runs out
+    # more test figures from fairseq-generate's output (e.g. CoNLL's chunk F1), added to each row
+    test_metrics: Optional[Callable[[str], dict]] = None
 
     def __post_init__(self):
         self.results = self.results or default_results(self.task)
@@ -405,6 +407,8 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
         f.write(out.stdout + out.stderr)
     out.check_returncode()
     test_error = parse_score(out.stdout + out.stderr, experiment.scoring)
+    if experiment.test_metrics is not None:
+        extra = {**experiment.test_metrics(out.stdout), **extra}
     if run.init_from is not None:
         extra = {**source_fields(recorded(experiment).get(run.init_from.name), curve), **extra}
     row = {

@@ -469,9 +469,15 @@ def chunk_net_input(net_input: Dict[str, Tensor], rows: slice, pad: int) -> Dict
     chunk = {k: v[rows] for k, v in net_input.items() if k != "prev_output_tokens"}
     src = chunk.get("src_tokens")
     if torch.is_tensor(src) and src.dim() == 2 and not src.is_floating_point():
-        chunk["src_tokens"] = src[:, src.ne(pad).any(dim=0)]
+        columns = src.ne(pad).any(dim=0)
     elif torch.is_tensor(src) and "src_lengths" in chunk:  # dense features, right-padded
-        chunk["src_tokens"] = src[:, : int(chunk["src_lengths"].max())]
+        columns = torch.arange(src.size(1), device=src.device) < chunk["src_lengths"].max()
+    else:
+        return chunk
+    # aligned source streams (a source factor) lose the same columns
+    for key, value in chunk.items():
+        if torch.is_tensor(value) and value.dim() >= 2 and value.shape[:2] == src.shape[:2]:
+            chunk[key] = value[:, columns]
     return chunk
 
 

@@ -1,4 +1,5 @@
-"""fairseq scorers for the SEARNN paper's test errors: ``--scoring hamming`` and ``--scoring edit``.
+"""fairseq scorers for the SEARNN paper's test errors: ``--scoring hamming``, ``--scoring edit`` and
+``--scoring chunk_f1`` (CoNLL chunking's F1, the figure chunking papers quote; see ChunkF1Scorer).
 
 Both are corpus-normalised the way the paper reports them (Section 4): the total
 number of errors over the whole test set divided by the total reference length,
@@ -144,3 +145,67 @@ class EditScorer(_CorpusErrorRate):
         refs, ref_lens = self._pad([r for r, _ in pairs])
         hyps, hyp_lens = self._pad([h for _, h in pairs])
         return levenshtein(hyps, hyp_lens, refs, ref_lens)
+
+
+def conll_chunks(tags: List[str]) -> List[Tuple[int, int, str]]:
+    """The chunks (start, end exclusive, type) of an IOB tag sequence, by conlleval's rules: a
+    chunk starts at B-X, or at I-X after O or a tag of another type; it ends before O, before a
+    B- tag, or before a tag of another type. Any tag that is not B-X or I-X (O, <unk>, ...) is
+    outside every chunk."""
+    chunks, start, kind = [], None, None
+    for position, tag in enumerate([*tags, "O"]):
+        prefix, _, tag_type = tag.partition("-")
+        if prefix not in ("B", "I") or not tag_type:
+            prefix, tag_type = "O", None
+        if start is not None and (prefix in ("B", "O") or tag_type != kind):
+            chunks.append((start, position, kind))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = position, tag_type
+    return chunks
+
+
+@dataclass
+class ChunkF1ScorerConfig(FairseqDataclass):
+    pass
+
+
+@_register("chunk_f1", ChunkF1ScorerConfig)
+class ChunkF1Scorer(BaseScorer):
+    """Corpus chunk F1 (conlleval's figure, in percent) of IOB2 tag sequences.
+
+    A predicted chunk is correct when a reference chunk has the same start, end and type;
+    precision = correct / predicted chunks, recall = correct / reference chunks, F1 their
+    harmonic mean, all summed over the corpus. Hypotheses need not have the reference's length
+    (a sequence model may emit more or fewer tags): chunks are compared as (start, end, type)
+    spans, which for equal lengths is conlleval's count exactly.
+    """
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        self.reset()
+
+    def reset(self) -> None:
+        self.correct = self.predicted = self.gold = self.sentences = 0
+
+    def add_string(self, ref: str, pred: str) -> None:
+        gold, predicted = set(conll_chunks(ref.split())), set(conll_chunks(pred.split()))
+        self.correct += len(gold & predicted)
+        self.predicted += len(predicted)
+        self.gold += len(gold)
+        self.sentences += 1
+
+    def precision(self) -> float:
+        return 100.0 * self.correct / self.predicted if self.predicted else 0.0
+
+    def recall(self) -> float:
+        return 100.0 * self.correct / self.gold if self.gold else 0.0
+
+    def score(self) -> float:
+        total = self.predicted + self.gold
+        return 200.0 * self.correct / total if total else 0.0
+
+    def result_string(self) -> str:
+        return (f"CHUNK_F1 = {self.score():.2f} (precision {self.precision():.2f}, recall {self.recall():.2f}; "
+                f"{self.correct} correct of {self.predicted} predicted and {self.gold} reference chunks, "
+                f"{self.sentences} sentences)")

@@ -15,7 +15,7 @@ def test_benchmark_quick_mode_runs_and_reports_every_configuration(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     configs = {row["config"] for row in report["results"]}
-    synthetic = {"1-ocr-5tok", "2-ocr-all", "3-mt-transformer", "4-spelling-all"}
+    synthetic = {"1-ocr-5tok", "2-ocr-all", "3-mt-transformer", "4-spelling-all", "6-conll-all", "7-conll-sampled"}
     # the Multi30k configuration runs where the binarised data is (runs/mt/data or $SEARNN_MT_DATA),
     # and is otherwise skipped with a message saying how to make it
     assert configs in (synthetic, synthetic | {"5-mt-multi30k"})

@@ -39,6 +39,7 @@ def build(argv, seed=0, left_pad_source=True):
     args.left_pad_source = left_pad_source
     d = dictionary()
     task = TranslationTask(args, d, d)
+    task.source_factor_dictionary = d  # what factored_translation adds (searnn_gru_conll reads POS tags)
     torch.manual_seed(seed)
     return models.build_model(args, task)
 
@@ -107,10 +108,11 @@ def test_named_architecture_builds_the_papers_sizes(arch, expected):
     assert got == expected
 
 
-def test_conll_arch_uses_50d_embeddings_and_dropout_03():
+def test_conll_arch_uses_50d_words_44d_pos_tags_and_dropout_03():
     model = build(["--arch", "searnn_gru_conll"])
-    assert (model.encoder.embed_tokens.embedding_dim, model.decoder.gru.dropout,
-            model.decoder.dropout_out_module.p) == (50, 0.3, 0.3)
+    assert (model.encoder.embed_tokens.embedding_dim, model.encoder.embed_factor.embedding_dim,
+            model.encoder.gru.input_size, model.decoder.gru.dropout,
+            model.decoder.dropout_out_module.p) == (50, 44, 94, 0.3, 0.3)
 
 
 def test_explicit_flags_override_the_named_architecture():

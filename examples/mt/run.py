@@ -84,6 +84,8 @@ FINETUNE_ROWS = [
     ("KL learned roll-in", [*SHARP_KL, "--rollin", "learned"]),
     ("KL reference roll-in + MLE", [*SHARP_KL, "--rollin", "reference", "--mle-weight", "1"]),
 ]
+# The SEARNN row the README reports and benchmarks/step_time.py times.
+MAIN_SEARNN_ROW = "KL reference roll-in + MLE"
 # Rows kept for their recorded diagnosis; trained only when named with --configs.
 DIAGNOSTIC_ROWS = [
     ("KL top-k", ["--criterion", "searnn_kl", "--temperature", "0.1", "--full-softmax", *SEARNN_SEARCH[:2],

@@ -55,6 +55,16 @@ class SearnnGRUConfig(FairseqDataclass):
         default=256,
         metadata={"help": "source embedding (or dense feature projection) dimension"},
     )
+    encoder_embed_path: str = field(
+        default="",
+        metadata={"help": "initialise the source embeddings from this text file (a 'count dim' header line, "
+                          "then 'word v1 ... vDIM' lines, as fairseq's LSTM reads them)"},
+    )
+    encoder_factor_embed_dim: int = field(
+        default=0,
+        metadata={"help": "if > 0, each source token's factor (e.g. its POS tag, --task factored_translation) "
+                          "is embedded in this many dimensions and concatenated to its embedding"},
+    )
     encoder_hidden_size: int = field(
         default=256, metadata={"help": "encoder GRU size (per direction)"}
     )
@@ -124,9 +134,19 @@ class SearnnGRUModel(FairseqEncoderDecoderModel):
         task_cfg = getattr(task, "cfg", None) or getattr(task, "args", None)
         left_pad_source = bool(getattr(task_cfg, "left_pad_source", False))
 
+        factor_dictionary = getattr(task, "source_factor_dictionary", None)
+        if cfg.encoder_factor_embed_dim > 0 and factor_dictionary is None:
+            arch = getattr(cfg, "arch", None) or getattr(cfg, "_name", "searnn_gru")
+            raise ValueError(
+                f"--encoder-factor-embed-dim {cfg.encoder_factor_embed_dim} (--arch {arch}) needs a "
+                "task with a source factor (--task factored_translation); pass --encoder-factor-embed-dim 0 "
+                "for a source without one"
+            )
         encoder = SearnnGRUEncoder(
             dictionary=task.source_dictionary,
             embed_dim=cfg.encoder_embed_dim,
+            factor_dictionary=factor_dictionary if cfg.encoder_factor_embed_dim > 0 else None,
+            factor_embed_dim=cfg.encoder_factor_embed_dim,
             hidden_size=cfg.encoder_hidden_size,
             num_layers=cfg.encoder_layers,
             bidirectional=cfg.encoder_bidirectional,
@@ -146,6 +166,8 @@ class SearnnGRUModel(FairseqEncoderDecoderModel):
             dropout_out=cfg.decoder_dropout_out,
             share_input_output_embed=cfg.share_decoder_input_output_embed,
         )
+        if cfg.encoder_embed_path:
+            encoder.load_embeddings(cfg.encoder_embed_path)
         # Without attention the decoder only reads the final state: not keeping the
         # per-position outputs spares every roll-out row a copy of them.
         encoder.keep_outputs = cfg.decoder_attention
@@ -163,6 +185,9 @@ class SearnnGRUEncoder(FairseqEncoder):
     - ``encoder_final_hidden``: (batch, output_units) final state of the top layer,
       both directions concatenated (the decoder's initial state is computed from it)
     - ``src_lengths``: (batch,) source lengths
+
+    With a factor dictionary, ``forward`` also takes ``src_factor`` (batch, src_len): one factor
+    token per source token, embedded and concatenated to the token's embedding.
     """
 
     def __init__(
@@ -175,6 +200,8 @@ class SearnnGRUEncoder(FairseqEncoder):
         dropout=0.1,
         input_dim=0,
         left_pad=False,
+        factor_dictionary=None,
+        factor_embed_dim=0,
     ):
         super().__init__(dictionary)
         # dense sources have no dictionary; padding_idx only matters for token input
@@ -188,11 +215,16 @@ class SearnnGRUEncoder(FairseqEncoder):
         else:
             self.embed_tokens = Embedding(len(dictionary), embed_dim, self.padding_idx)
             self.input_proj = None
+        self.embed_factor = None
+        if factor_dictionary is not None and factor_embed_dim > 0:
+            if input_dim > 0:
+                raise ValueError("a source factor needs token sources, not dense features")
+            self.embed_factor = Embedding(len(factor_dictionary), factor_embed_dim, factor_dictionary.pad())
         self.dropout_in_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
         self.num_layers = num_layers
         self.num_directions = 2 if bidirectional else 1
         self.gru = nn.GRU(
-            input_size=embed_dim,
+            input_size=embed_dim + (factor_embed_dim if self.embed_factor is not None else 0),
             hidden_size=hidden_size,
             num_layers=num_layers,
             # nn.GRU applies this between stacked layers only (and warns if 1 layer).
@@ -201,13 +233,34 @@ class SearnnGRUEncoder(FairseqEncoder):
         )
         self.output_units = hidden_size * self.num_directions
 
-    def forward(self, src_tokens: Tensor, src_lengths: Tensor, **kwargs) -> EncoderOut:
+    def load_embeddings(self, path: str) -> None:
+        """Source embeddings from a text file (fairseq's format: a header line, then 'word v1 ...');
+        words it lacks keep their random initialisation."""
+        from fairseq import utils
+
+        if self.embed_tokens is None:
+            raise ValueError("--encoder-embed-path needs token sources, not dense features")
+        vectors = utils.parse_embedding(path)
+        dims = {len(v) for v in vectors.values()}
+        if dims != {self.embed_tokens.embedding_dim}:
+            raise ValueError(f"{path}: vectors of {sorted(dims)} dimensions, the encoder embeds in "
+                             f"{self.embed_tokens.embedding_dim} (--encoder-embed-dim)")
+        utils.load_embedding(vectors, self.dictionary, self.embed_tokens)
+
+    def forward(
+        self, src_tokens: Tensor, src_lengths: Tensor, src_factor: Optional[Tensor] = None, **kwargs
+    ) -> EncoderOut:
         """
         Args:
             src_tokens: (batch, src_len) LongTensor of token ids, or (batch, src_len,
                 input_dim) FloatTensor of features when the encoder takes dense input
             src_lengths: (batch,) number of non-padding source positions
+            src_factor: (batch, src_len) factor token ids, padded like ``src_tokens`` (only
+                for an encoder built with a factor dictionary)
         """
+        if self.embed_factor is not None and src_factor is None:
+            raise ValueError("this encoder reads a source factor: the batch has no net_input['src_factor'] "
+                             "(use --task factored_translation)")
         if self.embed_tokens is not None:
             # A right-padded row never starts with padding, so a padding token in
             # column 0 means the batch is left-padded, whatever the task flag says.
@@ -217,12 +270,16 @@ class SearnnGRUEncoder(FairseqEncoder):
         if left_padded:
             # pack_padded_sequence needs right padding.
             src_tokens = left_to_right_padding(src_tokens, src_lengths)
+            if self.embed_factor is not None:
+                src_factor = left_to_right_padding(src_factor, src_lengths)
         bsz, src_len = src_tokens.shape[:2]
 
         if self.embed_tokens is not None:
             x = self.embed_tokens(src_tokens)
         else:
             x = self.input_proj(src_tokens)
+        if self.embed_factor is not None:
+            x = torch.cat([x, self.embed_factor(src_factor)], dim=2)
         x = self.dropout_in_module(x)
         x = x.transpose(0, 1)  # B x S x C -> S x B x C
 
@@ -638,10 +695,12 @@ def searnn_gru_spelling(args):
 
 @register_model_architecture("searnn_gru", "searnn_gru_conll")
 def searnn_gru_conll(args):
-    # Appendix B: 50-d word embeddings; two GRU layers of size 172 in encoder and
-    # decoder, bidirectional encoder, Bahdanau attention, input feeding, dropout 0.3
-    # between the two layers and on the output of the attention mechanism.
+    # Appendix B: 50-d word embeddings and 44-d POS embeddings, concatenated (the POS
+    # tags are the source factor of --task factored_translation); two GRU layers of size
+    # 172 in encoder and decoder, bidirectional encoder, Bahdanau attention, input
+    # feeding, dropout 0.3 between the two layers and on the output of the attention.
     args.encoder_embed_dim = getattr(args, "encoder_embed_dim", 50)
+    args.encoder_factor_embed_dim = getattr(args, "encoder_factor_embed_dim", 44)
     args.encoder_hidden_size = getattr(args, "encoder_hidden_size", 172)
     args.encoder_layers = getattr(args, "encoder_layers", 2)
     args.encoder_bidirectional = getattr(args, "encoder_bidirectional", True)

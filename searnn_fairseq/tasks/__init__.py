@@ -1,3 +1,3 @@
 """Tasks: importing this package registers them with fairseq."""
 
-from searnn_fairseq.tasks import dense_seq2seq, spelling_correction  # noqa: F401
+from searnn_fairseq.tasks import dense_seq2seq, factored_translation, spelling_correction  # noqa: F401

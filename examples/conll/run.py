@@ -1,0 +1,187 @@
+"""CoNLL-2000 chunking (the SEARNN paper's third task, Table 1 and appendix B): SEARNN vs MLE.
+
+    python examples/conll/run.py                  # MLE, LL and LLCAS learned/mixed, 3 seeds
+    python examples/conll/run.py --grid table1    # + the other roll-in/roll-out pairs, seed 1
+    python examples/conll/run.py --grid table2    # + LL and LLCAS with policy sampling (5 tokens), seed 1
+    python examples/conll/run.py --report         # the tables and the plot
+
+Data: ``--data-root``/conll2000/{train,test}.txt.gz (or $SEARNN_DATA), made once into
+``--work-dir``/data by preprocessing/conll.py: lower-cased words with numbers as ``<NUM>`` (the
+training words seen at least twice: SENNA's embeddings are not available here), POS tags as the
+source factor, 1,000 training sentences (seed 1) held out for validation. Model: searnn_gru_conll
+(appendix B: 50-d words + 44-d POS tags, 2-layer bidirectional GRU 172 encoder, 2-layer GRU 172
+decoder, attention, input feeding, dropout 0.3).
+
+Optimisation, the same for every run: the paper's Adadelta with learning rate 1, batch 64, at most
+``MAX_EPOCH`` epochs, early stop after ``PATIENCE`` epochs without a better validation error
+(normalized Hamming, greedy, decoding at most source length + 5 tags; fairseq-generate's cap is
+the batch's longest source + 5). SEARNN rows search with
+SEARCH (sampled tokens and cells: see below why). Test: ``fairseq-generate --beam 1 --scoring
+hamming`` on the best checkpoint (the paper's normalized Hamming error, in percent), and chunk F1
+(conlleval's figure) of the same hypotheses against the original test tags, computed twice: by the
+plugin's ``chunk_f1`` scorer and by ``seqeval`` (an independent implementation of conlleval), on
+hypotheses cut or padded with ``O`` to the reference length as conlleval needs them. Resumable;
+results go to examples/results/conll.jsonl.
+"""
+
+import os
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from examples import runner  # noqa: E402
+
+TASK = ["--task", "factored_translation", "--source-lang", "words", "--target-lang", "chunk", "--source-factor", "pos"]
+MAX_EPOCH, PATIENCE = 30, 5
+# Decoding stops at EOS or after source length + 5 tags, in validation and in test: a tagger's
+# output is as long as its input, and an untrained model must not decode 200 tags per sentence.
+LENGTH_CAP = ["--max-len-a", "1", "--max-len-b", "5"]
+COMMON = [
+    *TASK, "--arch", "searnn_gru_conll", "--cost", "normalized_hamming",
+    "--optimizer", "adadelta", "--lr", "1.0", "--batch-size", "64",
+    "--valid-max-len-a", "1", "--valid-max-len-b", "5",
+    "--max-epoch", str(MAX_EPOCH), "--patience", str(PATIENCE), "--log-interval", "50",
+]
+GENERATE = [*TASK, *LENGTH_CAP]
+# All tokens and cells would roll out 22 tags x ~24 cells per sentence (benchmarks/step_time.py,
+# configs 6 and 7): too slow for a run of about 2.5 hours on one core, so the SEARNN rows sample
+# tokens from the model's policy and cells uniformly.
+SEARCH = ["--token-sampling", "policy", "--sampled-tokens", "5", "--sampled-cells", "8"]
+ROLLINS = (("learned", "mixed"), ("reference", "learned"), ("learned", "learned"))
+TABLE1 = [("MLE", ["--criterion", "searnn_mle"])] + [
+    (f"{loss.upper()} {rollin}/{rollout}", ["--criterion", f"searnn_{loss}", "--rollin", rollin, "--rollout", rollout,
+                                            "--full-softmax", *SEARCH])
+    for loss in ("ll", "llcas") for rollin, rollout in ROLLINS
+]
+TABLE1_MAIN = [row for row in TABLE1 if row[0] in ("MLE", "LL learned/mixed", "LLCAS learned/mixed")]
+TABLE2 = [
+    (f"{name} policy", ["--criterion", criterion, "--rollin", "learned", "--rollout", "mixed",
+                        "--token-sampling", "policy", "--sampled-tokens", "5"])
+    for name, criterion in (("sLL", "searnn_ll"), ("sLLCAS", "searnn_llcas"))
+]
+CONLL_SAMPLED_SEARCH = ["--criterion", "searnn_ll", "--cost", "normalized_hamming", "--rollin", "learned",
+                        "--rollout", "mixed", "--full-softmax", *SEARCH]
+
+
+def prepare(data_root: str, work_dir: str) -> str:
+    data = os.path.join(work_dir, "data")
+    if not os.path.exists(os.path.join(data, "meta.json")):
+        source = os.path.join(data_root, "conll2000")
+        subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "conll.py"), data,
+                        "--train", os.path.join(source, "train.txt.gz"), "--test", os.path.join(source, "test.txt.gz")],
+                       check=True)
+    return data
+
+
+def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
+    minimum_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
+    chosen = [runner.Run(config, seed, flags) for config, flags in TABLE1_MAIN for seed in minimum_seeds]
+    if grid in ("table1", "all"):
+        chosen += [runner.Run(config, seed, flags) for config, flags in TABLE1 if (config, flags) not in TABLE1_MAIN
+                   for seed in rest_seeds]
+    if grid in ("table2", "all"):
+        chosen += [runner.Run(config, seed, flags, group="table2") for config, flags in TABLE2 for seed in rest_seeds]
+    return chosen
+
+
+# ---------------------------------------------------------------- chunk F1 of the test hypotheses
+
+
+def generated_pairs(output: str) -> Dict[int, str]:
+    """Sentence id -> hypothesis (the H- lines of fairseq-generate's output)."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith("H-"):
+            head, _score, *text = line.split("\t")
+            found[int(head[2:])] = text[0] if text else ""
+    return found
+
+
+def fitted(hypothesis: List[str], length: int) -> List[str]:
+    """The hypothesis cut or padded with O to ``length`` tags: conlleval reads tags token by token."""
+    return (hypothesis + ["O"] * length)[:length]
+
+
+def chunk_scores(output: str, references: List[str]) -> dict:
+    """Chunk F1 of fairseq-generate's hypotheses against the original tags, by the plugin's scorer
+    (as they are, and fitted to the reference length) and by seqeval (fitted, as conlleval needs)."""
+    from seqeval.metrics import f1_score
+
+    from searnn_fairseq.scoring import ChunkF1Scorer
+
+    hyps = generated_pairs(output)
+    if sorted(hyps) != list(range(len(references))):
+        raise RuntimeError(f"fairseq-generate gave {len(hyps)} hypotheses for {len(references)} references")
+    as_is, fitted_scorer = ChunkF1Scorer(), ChunkF1Scorer()
+    gold, fitted_hyps = [], []
+    for i, reference in enumerate(references):
+        tags, hyp = reference.split(), hyps[i].split()
+        as_is.add_string(reference, hyps[i])
+        fitted_scorer.add_string(reference, " ".join(fitted(hyp, len(tags))))
+        gold.append(tags)
+        fitted_hyps.append(fitted(hyp, len(tags)))
+    return {
+        "chunk_f1": round(as_is.score(), 2),
+        "chunk_precision": round(as_is.precision(), 2),
+        "chunk_recall": round(as_is.recall(), 2),
+        "chunk_f1_fitted": round(fitted_scorer.score(), 2),
+        "seqeval_f1_fitted": round(100 * f1_score(gold, fitted_hyps), 2),
+        "length_mismatches": sum(len(hyps[i].split()) != len(r.split()) for i, r in enumerate(references)),
+    }
+
+
+def test_references(data: str) -> List[str]:
+    with open(os.path.join(data, "raw", "test.chunk"), encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def experiment(args, data: str) -> runner.Experiment:
+    return runner.Experiment(
+        task="conll", data=data, work_dir=args.work_dir, common=runner.capped(COMMON, args.stop_time_hours),
+        scoring="hamming", generate_flags=GENERATE, results=runner.results_file(args, "conll"), device=args.device,
+        budget_hours=args.budget_hours, snapshots=args.snapshot_dir,
+        test_metrics=(lambda output: chunk_scores(output, test_references(data))) if data else None,
+    )
+
+
+def report(args) -> None:
+    rows = list(runner.recorded(experiment(args, "")).values())
+    print(runner.format_tables(rows, "normalized Hamming", [
+        ("table1", "Table 1 (CoNLL-2000, test normalized Hamming error %)", [c for c, _ in TABLE1]),
+        ("table2", "Table 2 (CoNLL-2000, 5 tokens per cell)", [c for c, _ in TABLE2]),
+        ("diagnostic", "Diagnostics (--extra-flags)", None),
+    ]))
+    if rows:
+        print("\n| run | test normalized Hamming % | chunk F1 | chunk F1 (fitted) | seqeval F1 (fitted) | "
+              "length mismatches |\n|---|---|---|---|---|---|")
+        for row in sorted(rows, key=lambda r: (r["config"], r["seed"])):
+            print(f"| {row['run']} | {row['test_error']:.2f} | {row.get('chunk_f1', float('nan')):.2f} | "
+                  f"{row.get('chunk_f1_fitted', float('nan')):.2f} | {row.get('seqeval_f1_fitted', float('nan')):.2f} | "
+                  f"{row.get('length_mismatches', '')} |")
+        plot = runner.plot_results(experiment(args, ""), rows, "CoNLL-2000: validation normalized Hamming error",
+                                   configs=[c for c, _ in TABLE1_MAIN])
+        print(f"\nplot: {plot}")
+
+
+def main():
+    parser = runner.common_arguments(__doc__)
+    parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "conll"))
+    parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
+    parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
+    args = runner.parse_arguments(parser)
+    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
+    data = os.path.join(args.work_dir, "data")
+    if args.snapshot:
+        return runner.take_snapshots(args, experiment(args, data), chosen)
+    if args.reevaluate:
+        runner.reevaluate(experiment(args, data), chosen)
+    elif not args.report:
+        prepare(args.data_root, args.work_dir)
+        runner.run_all(experiment(args, data), chosen, jobs=args.jobs)
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
