@@ -643,6 +643,16 @@ def portable(command: List[str]) -> str:
 SCORE_LINE = re.compile(r"(HAMMING|EDIT|BLEU)\s*=\s*([0-9.]+)")
 
 
+def generated_hypotheses(output: str) -> Dict[int, str]:
+    """Sentence id -> the (post-processed) hypothesis of fairseq-generate's ``H-`` lines."""
+    found = {}
+    for line in output.splitlines():
+        if line.startswith("H-"):
+            head, _score, *text = line.split("\t")
+            found[int(head[2:])] = text[0] if text else ""
+    return found
+
+
 def parse_score(output: str, scoring: str) -> float:
     for line in reversed(output.splitlines()):
         match = SCORE_LINE.search(line)

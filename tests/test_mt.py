@@ -146,7 +146,7 @@ def test_sacrebleu_score_matches_sacrebleu_and_refuses_missing_hypotheses():
 
 def test_hypotheses_are_read_from_generate_output():
     output = "S-1\tsrc\nT-1\tref\nH-1\t-0.5\tZwei Männer.\nD-1\t-0.5\tZwei Männer.\nH-0\t-0.1\t\n"
-    assert mt_run.hypotheses(output) == {1: "Zwei Männer.", 0: ""}
+    assert mt_run.runner.generated_hypotheses(output) == {1: "Zwei Männer.", 0: ""}
 
 
 # ---------------------------------------------------------------- the pipeline, end to end
@@ -185,4 +185,4 @@ def test_searnn_kl_bleu_trains_and_generate_scores_with_sacrebleu(multi30k_subse
     assert "tok:13a" in result["signature"]
     generate_log = (save / "generate_test_beam2.log").read_text()
     # --post-process sentencepiece: the hypotheses are text, not pieces
-    assert "▁" not in "".join(mt_run.hypotheses(generate_log).values())
+    assert "▁" not in "".join(mt_run.runner.generated_hypotheses(generate_log).values())

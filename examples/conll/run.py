@@ -27,7 +27,7 @@ results go to examples/results/conll.jsonl.
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -89,16 +89,6 @@ def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
 # ---------------------------------------------------------------- chunk F1 of the test hypotheses
 
 
-def generated_pairs(output: str) -> Dict[int, str]:
-    """Sentence id -> hypothesis (the H- lines of fairseq-generate's output)."""
-    found = {}
-    for line in output.splitlines():
-        if line.startswith("H-"):
-            head, _score, *text = line.split("\t")
-            found[int(head[2:])] = text[0] if text else ""
-    return found
-
-
 def fitted(hypothesis: List[str], length: int) -> List[str]:
     """The hypothesis cut or padded with O to ``length`` tags: conlleval reads tags token by token."""
     return (hypothesis + ["O"] * length)[:length]
@@ -111,7 +101,7 @@ def chunk_scores(output: str, references: List[str]) -> dict:
 
     from searnn_fairseq.scoring import ChunkF1Scorer
 
-    hyps = generated_pairs(output)
+    hyps = runner.generated_hypotheses(output)
     if sorted(hyps) != list(range(len(references))):
         raise RuntimeError(f"fairseq-generate gave {len(hyps)} hypotheses for {len(references)} references")
     as_is, fitted_scorer = ChunkF1Scorer(), ChunkF1Scorer()

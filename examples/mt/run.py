@@ -88,6 +88,9 @@ FINETUNE_ROWS = [
 MAIN_SEARNN_ROW = "KL reference roll-in + MLE"
 # Rows kept for their recorded diagnosis; trained only when named with --configs.
 DIAGNOSTIC_ROWS = [
+    # the main row with the paper's copy reference roll-out instead of the best suffix
+    ("KL reference roll-in + MLE, copy roll-out",
+     [*[flag if flag != "best" else "copy" for flag in SHARP_KL], "--rollin", "reference", "--mle-weight", "1"]),
     ("KL top-k", ["--criterion", "searnn_kl", "--temperature", "0.1", "--full-softmax", *SEARNN_SEARCH[:2],
                   "--rollin", "learned", *SEARNN_SEARCH[2:]]),
 ]
@@ -175,16 +178,6 @@ def train(data: str, work_dir: str, run: MTRun, threads: int, log=print) -> None
 # ---------------------------------------------------------------- evaluation
 
 
-def hypotheses(generate_output: str) -> Dict[int, str]:
-    """Sentence id -> the post-processed hypothesis of fairseq-generate's ``H-`` lines."""
-    found = {}
-    for line in generate_output.splitlines():
-        if line.startswith("H-"):
-            head, _score, *text = line.split("\t")
-            found[int(head[2:])] = text[0] if text else ""
-    return found
-
-
 def sacrebleu_score(hyps: Dict[int, str], references: List[str]) -> Dict[str, object]:
     """Corpus sacreBLEU (default 13a tokenisation, cased) of the hypotheses against raw references."""
     import sacrebleu
@@ -204,7 +197,7 @@ def evaluate(data: str, save_dir: str, beam: int, threads: int) -> Dict[str, obj
     out.check_returncode()
     with open(os.path.join(data, "raw", "test.de"), encoding="utf-8") as f:
         references = [line.rstrip("\n") for line in f]
-    result = sacrebleu_score(hypotheses(out.stdout), references)
+    result = sacrebleu_score(runner.generated_hypotheses(out.stdout), references)
     fairseq_line = [float(m.group(1)) for m in map(SCORE.search, out.stdout.splitlines() + out.stderr.splitlines()) if m]
     result["fairseq_bleu"] = fairseq_line[-1] if fairseq_line else None
     result["command"] = runner.portable(command)
