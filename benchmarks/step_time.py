@@ -116,9 +116,9 @@ QUICK = {
     "2-ocr-all": dict(batch=4, lengths=(3, 5)),
     "3-mt-transformer": dict(batch=4, lengths=(5, 8), vocab=200),
     "4-spelling-all": dict(batch=4, lengths=(3, 5)),
-    "5-mt-multi30k": dict(sentences=4),
+    "5-mt-multi30k": dict(sentences=4),  # the first 4 sentences of the batch; runs only where the data is
     "6-conll-all": dict(batch=4, lengths=(3, 5)),
-    "7-conll-sampled": dict(batch=4, lengths=(3, 5)),  # the first 4 sentences of the batch; runs only where the data is
+    "7-conll-sampled": dict(batch=4, lengths=(3, 5)),
 }
 
 

@@ -210,9 +210,8 @@ def binarise(directory: str) -> None:
                        os.path.join(directory, f"{split}.words-chunk.pos.{ext}"))
     os.replace(os.path.join(pos_dir, "dict.pos.txt"), os.path.join(directory, "dict.pos.txt"))
     shutil.rmtree(pos_dir)
-    for log in ("preprocess.log",):
-        if os.path.exists(os.path.join(directory, log)):
-            os.remove(os.path.join(directory, log))
+    if os.path.exists(os.path.join(directory, "preprocess.log")):
+        os.remove(os.path.join(directory, "preprocess.log"))
 
 
 def unknown_tokens(directory: str, corpus: Dict[str, List[Sentence]]) -> Dict[str, Dict[str, int]]:

@@ -61,8 +61,8 @@ TABLE2 = [
                         "--token-sampling", "policy", "--sampled-tokens", "5"])
     for name, criterion in (("sLL", "searnn_ll"), ("sLLCAS", "searnn_llcas"))
 ]
-CONLL_SAMPLED_SEARCH = ["--criterion", "searnn_ll", "--cost", "normalized_hamming", "--rollin", "learned",
-                        "--rollout", "mixed", "--full-softmax", *SEARCH]
+# benchmarks/step_time.py times this row (config 7)
+CONLL_SAMPLED_SEARCH = [*dict(TABLE1)["LL learned/mixed"], "--cost", "normalized_hamming"]
 
 
 def prepare(data_root: str, work_dir: str) -> str:

@@ -294,7 +294,7 @@ def pending(data: str, args: argparse.Namespace) -> List[MTRun]:
     for run in all_runs(args.seeds, args.finetune_hours):
         if run.stage == "finetune" and (args.stage == "base" or args.configs and run.config not in args.configs):
             continue
-        if run.config in dict(DIAGNOSTIC_ROWS) and not (args.configs and run.config in args.configs):
+        if run.config in dict(DIAGNOSTIC_ROWS) and not args.configs:  # named ones passed the check above
             continue
         recorded = done.get(run.name)
         if recorded and recorded["train_command"] == runner.portable(train_command(data, args.work_dir, run)):
