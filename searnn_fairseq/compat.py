@@ -45,6 +45,13 @@ even under ``--reset-meters``, so a run warm-started from another run's checkpoi
 source run's hours against its own ``--stop-time-hours``. With ``--reset-meters`` the
 clock now starts at zero, like the other meters.
 
+7. The data loader's thread at exit. With ``--num-workers 0`` fairseq fills its batch buffer
+(``--data-buffer-size``) from a daemon thread that collates batches with torch. A run that stops in
+mid-epoch (``--max-update``, ``--stop-time-hours``) exits while that thread may be inside torch's
+C++ code, and Python 3.11 ending a daemon thread there aborts the process ("terminate called
+without an active exception", exit status 134) after the checkpoint is saved: scripts see a failed
+run. At exit the thread is now told to stop after its current batch and waited for.
+
 Each fix replaces a fairseq function only when that function takes the parameters the
 replacement was written for (``inspect.signature``): a fairseq whose function differs keeps its
 own, and one warning names the fix left out. ``apply`` logs one line naming the fixes applied.
@@ -53,15 +60,19 @@ own, and one warning names the fix left out. ``apply`` logs one line naming the 
 """
 
 import argparse
+import atexit
 import collections
 import enum
 import functools
 import inspect
 import logging
 import os
+import queue
 import sys
+import threading
 import time
 import typing
+import weakref
 
 import torch
 
@@ -352,6 +363,62 @@ def stop_a_finished_run_before_training() -> str:
     return APPLIED
 
 
+STOP_LOADER_THREAD_AT_EXIT = "stop-loader-thread-at-exit"
+CONSUMER_PARAMETERS = ("self", "queue", "source", "max_len", "cuda_device")
+# Set once, at exit: every buffering thread stops before its next batch.
+_exiting = threading.Event()
+_running_consumers = weakref.WeakSet()
+# Longer than any one batch takes to collate; a thread still running after it is left to Python.
+EXIT_WAIT_SECONDS = 30.0
+
+
+def _until_exit(batches):
+    for batch in batches:
+        if _exiting.is_set():
+            return
+        yield batch
+
+
+def stop_running_consumers(timeout: float = EXIT_WAIT_SECONDS) -> None:
+    """Stop each buffering thread after its current batch: emptying its queue unblocks a thread
+    waiting to put a batch, and the stopped thread's end-of-data marker is emptied in turn."""
+    _exiting.set()
+    deadline = time.monotonic() + timeout
+    for consumer in list(_running_consumers):
+        while consumer.is_alive() and time.monotonic() < deadline:
+            try:
+                while True:
+                    consumer._queue.get_nowait()
+            except queue.Empty:
+                pass
+            consumer.join(0.05)
+
+
+def stop_loader_thread_at_exit() -> str:
+    """Fix 7: each buffering thread reads its batches through ``_until_exit``, and ``atexit``
+    (which runs before Python ends daemon threads) stops and joins them."""
+    from fairseq.data import iterators
+
+    consumer_class = iterators.BackgroundConsumer
+    run = consumer_class.run
+    if already_applied(run, STOP_LOADER_THREAD_AT_EXIT):
+        return APPLIED
+    if not fits(STOP_LOADER_THREAD_AT_EXIT, [("fairseq.data.iterators.BackgroundConsumer.__init__",
+                                              consumer_class.__init__, CONSUMER_PARAMETERS),
+                                             ("fairseq.data.iterators.BackgroundConsumer.run", run, ("self",))]):
+        return SKIPPED
+
+    @replacing(run, STOP_LOADER_THREAD_AT_EXIT)
+    def run_until_exit(self):
+        self._source = _until_exit(self._source)
+        _running_consumers.add(self)
+        run(self)
+
+    consumer_class.run = run_until_exit
+    atexit.register(stop_running_consumers)
+    return APPLIED
+
+
 # Every fix, by the name the log line gives it, in the order they are applied.
 FIXES = {
     SAFE_GLOBALS: register_safe_globals,
@@ -359,6 +426,7 @@ FIXES = {
     EARLY_STOP_ACROSS_RESUME: keep_early_stop_across_resume,
     WARM_START_CLOCK: start_a_warm_start_clock_at_zero,
     STOP_A_FINISHED_RUN: stop_a_finished_run_before_training,
+    STOP_LOADER_THREAD_AT_EXIT: stop_loader_thread_at_exit,
 }
 
 
