@@ -4,6 +4,7 @@ scorer against seqeval (an independent conlleval) and against the chunk_f1 cost,
 pipeline through the real command lines: fairseq-train --arch searnn_gru_conll --criterion
 searnn_ll --cost normalized_hamming, fairseq-generate --scoring chunk_f1, seqeval on its output."""
 
+import argparse
 import gzip
 import os
 import random
@@ -21,8 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 sys.path.insert(0, REPO)
 
-from preprocessing import conll  # noqa: E402
+from examples import runner  # noqa: E402
 from examples.conll import run as conll_run  # noqa: E402
+from preprocessing import conll  # noqa: E402
 from searnn_fairseq.costs import build_cost  # noqa: E402
 from searnn_fairseq.rollout import chunk_net_input  # noqa: E402
 from searnn_fairseq.scoring import ChunkF1Scorer, conll_chunks  # noqa: E402
@@ -290,6 +292,28 @@ def conll_data(tmp_path_factory):
     dest = tmp_path_factory.mktemp("conll") / "data"
     assert conll.main([str(dest), "--train", str(train), "--test", str(test)]) == 0
     return dest
+
+
+def test_the_finetune_grid_starts_each_seed_from_table_1s_mle_run():
+    main = {run.name: run for run in conll_run.runs("main", [1, 2])}
+    finetune = conll_run.runs("finetune", [1, 2])
+    sources = [run for run in finetune if run.init_from is None]
+    # the same run directories and flags as Table 1's MLE: fine-tuning trains no second baseline
+    assert [(run.name, run.flags) for run in sources] == [(f"mle-seed{s}", main[f"mle-seed{s}"].flags) for s in (1, 2)]
+    tuned = [run for run in finetune if run.init_from is not None]
+    assert sorted(run.name for run in tuned) == ["ll-learned-mixed-from-mle-seed1", "ll-learned-mixed-from-mle-seed2",
+                                                 "mle-continued-seed1", "mle-continued-seed2"]
+    experiment = runner.Experiment(task="conll", data="DATA", work_dir="WORK", common=conll_run.COMMON,
+                                   scoring="hamming", generate_flags=conll_run.GENERATE)
+    for run in tuned:
+        command = runner.train_command(experiment, run, "SAVE")
+        assert command[command.index("--finetune-from-model") + 1] == os.path.join("WORK", f"mle-seed{run.seed}",
+                                                                                    "checkpoint_best.pt")
+        # the budget comes after COMMON's, and argparse keeps a flag's last value
+        parsed = argparse.ArgumentParser()
+        parsed.add_argument("--max-epoch", type=int)
+        parsed.add_argument("--patience", type=int)
+        assert vars(parsed.parse_known_args(command)[0]) == {"max_epoch": 10, "patience": 3}
 
 
 def test_train_and_generate_with_chunk_f1_agree_with_seqeval(conll_data, tmp_path):

@@ -3,7 +3,8 @@
     python examples/conll/run.py                  # MLE, LL and LLCAS learned/mixed, 3 seeds
     python examples/conll/run.py --grid table1    # + the other roll-in/roll-out pairs, seed 1
     python examples/conll/run.py --grid table2    # + LL and LLCAS with policy sampling (5 tokens), seed 1
-    python examples/conll/run.py --report         # the tables and the plot
+    python examples/conll/run.py --grid finetune  # MLE, then LL or more MLE from its best checkpoint
+    python examples/conll/run.py --report         # the tables and the plot (with --grid finetune: its own)
 
 Data: ``--data-root``/conll2000/{train,test}.txt.gz (or $SEARNN_DATA), made once into
 ``--work-dir``/data by preprocessing/conll.py: lower-cased words with numbers as ``<NUM>`` (the
@@ -36,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from examples import runner  # noqa: E402
 
 TASK = ["--task", "factored_translation", "--source-lang", "words", "--target-lang", "chunk", "--source-factor", "pos"]
-MAX_EPOCH, PATIENCE = 30, 5
+MAX_EPOCH, PATIENCE = 60, 5
 # Decoding stops at EOS or after source length + 5 tags, in validation and in test: a tagger's
 # output is as long as its input, and an untrained model must not decode 200 tags per sentence.
 LENGTH_CAP = ["--max-len-a", "1", "--max-len-b", "5"]
@@ -63,6 +64,15 @@ TABLE2 = [
                         "--token-sampling", "policy", "--sampled-tokens", "5"])
     for name, criterion in (("sLL", "searnn_ll"), ("sLLCAS", "searnn_llcas"))
 ]
+# Fine-tuning (``--grid finetune``, its own results file): from each seed's best MLE checkpoint, LL
+# learned/mixed with the recipe chosen on OCR (examples/ocr/run.py: an MLE term of weight 1 decayed
+# to 0 over 300 updates), against MLE continued from the same checkpoint under the same budget.
+FINETUNE_BUDGET = ["--max-epoch", "10", "--patience", "3"]
+FINETUNE = [
+    ("MLE continued", ["--criterion", "searnn_mle", *FINETUNE_BUDGET]),
+    ("LL learned/mixed from MLE", [*dict(TABLE1)["LL learned/mixed"], *FINETUNE_BUDGET,
+                                   "--mle-weight", "1", "--mle-weight-decay-updates", "300"]),
+]
 # benchmarks/step_time.py times this row (config 7)
 CONLL_SAMPLED_SEARCH = [*dict(TABLE1)["LL learned/mixed"], "--cost", "normalized_hamming"]
 
@@ -77,7 +87,17 @@ def prepare(data_root: str, work_dir: str) -> str:
     return data
 
 
+def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
+    """MLE (Table 1's runs, tested again into the fine-tuning file), then each FINETUNE row from its
+    best checkpoint, per seed (default 1-3)."""
+    mle = {seed: runner.Run("MLE", seed, dict(TABLE1)["MLE"], group="finetune") for seed in seeds or [1, 2, 3]}
+    return [*mle.values()] + [runner.Run(config, seed, flags, group="finetune", init_from=source)
+                              for config, flags in FINETUNE for seed, source in mle.items()]
+
+
 def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
+    if grid == "finetune":
+        return finetune_runs(seeds)
     minimum_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
     chosen = [runner.Run(config, seed, flags) for config, flags in TABLE1_MAIN for seed in minimum_seeds]
     if grid in ("table1", "all"):
@@ -129,10 +149,14 @@ def test_references(data: str) -> List[str]:
         return [line.rstrip("\n") for line in f]
 
 
+FINETUNE_RESULTS = runner.default_results("conll-finetune")
+
+
 def experiment(args, data: str) -> runner.Experiment:
     return runner.Experiment(
         task="conll", data=data, work_dir=args.work_dir, common=runner.capped(COMMON, args.stop_time_hours),
-        scoring="hamming", generate_flags=GENERATE, results=runner.results_file(args, "conll"), device=args.device,
+        scoring="hamming", generate_flags=GENERATE, device=args.device,
+        results=runner.results_file(args, "conll") or (FINETUNE_RESULTS if args.grid == "finetune" else ""),
         budget_hours=args.budget_hours, snapshots=args.snapshot_dir,
         test_metrics=(lambda output: chunk_scores(output, test_references(data))) if data else None,
     )
@@ -143,6 +167,8 @@ def report(args) -> None:
     print(runner.format_tables(rows, "normalized Hamming", [
         ("table1", "Table 1 (CoNLL-2000, test normalized Hamming error %)", [c for c, _ in TABLE1]),
         ("table2", "Table 2 (CoNLL-2000, 5 tokens per cell)", [c for c, _ in TABLE2]),
+        ("finetune", "Fine-tuning from MLE (CoNLL-2000, test normalized Hamming error %)",
+         ["MLE", *(c for c, _ in FINETUNE)]),
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     if rows:
@@ -153,14 +179,15 @@ def report(args) -> None:
                   f"{row.get('chunk_f1_fitted', float('nan')):.2f} | {row.get('seqeval_f1_fitted', float('nan')):.2f} | "
                   f"{row.get('length_mismatches', '')} |")
         plot = runner.plot_results(experiment(args, ""), rows, "CoNLL-2000: validation normalized Hamming error",
-                                   configs=[c for c, _ in TABLE1_MAIN])
+                                   configs=["MLE", *(c for c, _ in FINETUNE)] if args.grid == "finetune"
+                                   else [c for c, _ in TABLE1_MAIN])
         print(f"\nplot: {plot}")
 
 
 def main():
     parser = runner.common_arguments(__doc__)
     parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "conll"))
-    parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
+    parser.add_argument("--grid", choices=["main", "table1", "table2", "all", "finetune"], default="main")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = runner.parse_arguments(parser)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
