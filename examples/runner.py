@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -625,9 +625,19 @@ def chosen_runs(args: argparse.Namespace, runs: List[Run]) -> List[Run]:
     return with_extra_flags(select(runs, args.configs), shlex.split(args.extra_flags))
 
 
-def results_file(args: argparse.Namespace, task: str) -> str:
-    """``--results``, else the task's diagnostics file for runs with extra flags, else "" (the task's own)."""
-    return args.results or (diagnostic_results(task) if args.extra_flags else "")
+def grid_results(task: str, grid: str) -> str:
+    """The results file of a grid kept apart from the task's tables (e.g. ocr-finetune.jsonl)."""
+    return default_results(f"{task}-{grid}")
+
+
+def results_file(args: argparse.Namespace, task: str, grids_apart: Sequence[str] = ()) -> str:
+    """``--results``, else the task's diagnostics file for runs with extra flags, else the grid's own
+    file for a grid in ``grids_apart``, else "" (the task's own)."""
+    if args.results:
+        return args.results
+    if args.extra_flags:
+        return diagnostic_results(task)
+    return grid_results(task, args.grid) if getattr(args, "grid", None) in grids_apart else ""
 
 
 def portable(command: List[str]) -> str:

@@ -358,6 +358,19 @@ def test_extra_flags_make_diagnostic_runs_recorded_apart_and_match_the_recorded_
         runner.chosen_runs(parser.parse_args(["--extra-flags=--cpu"]), spelling.runs("main", [1]))
 
 
+def test_a_grid_kept_apart_has_its_own_results_file_unless_diagnostic_or_named():
+    parser = runner.common_arguments("")
+    parser.add_argument("--grid", default="main")
+    results = os.path.join(runner.REPO, "examples", "results")
+    assert runner.results_file(parser.parse_args(["--grid", "finetune"]), "ocr", grids_apart=["finetune"]) == \
+        os.path.join(results, "ocr-finetune.jsonl")
+    assert runner.results_file(parser.parse_args([]), "ocr", grids_apart=["finetune"]) == ""
+    assert runner.results_file(parser.parse_args(["--grid", "finetune", "--extra-flags", "--clip-norm 5"]), "ocr",
+                               grids_apart=["finetune"]) == os.path.join(results, "ocr-diagnostics.jsonl")
+    assert runner.results_file(parser.parse_args(["--grid", "finetune", "--results", "x.jsonl"]), "ocr",
+                               grids_apart=["finetune"]) == "x.jsonl"
+
+
 def test_the_extra_flags_cli_snapshots_an_unfinished_diagnostic_under_its_own_name(tmp_path):
     save_dir = tmp_path / "work" / "mle-clip-norm-5-seed2"
     save_dir.mkdir(parents=True)

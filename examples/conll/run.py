@@ -16,15 +16,13 @@ decoder, attention, input feeding, dropout 0.3).
 Optimisation, the same for every run: Adam with learning rate 1e-3, batch 64, at most ``MAX_EPOCH``
 epochs, early stop after ``PATIENCE`` epochs without a better validation error (normalized Hamming,
 greedy, decoding at most source length + 5 tags; fairseq-generate's cap is the batch's longest
-source + 5). The paper's Adadelta (learning rate 1) learns the alignment of tags to words too slowly
-here: after 30 epochs its MLE model was still improving, at 7.57% test error and 89.0 chunk F1
-(examples/results/conll-diagnostics.jsonl), where Adam is past that validation error by its tenth
-epoch. SEARNN rows search with SEARCH (sampled tokens and cells: see below why). Test:
-``fairseq-generate --beam 1 --scoring hamming`` on the best checkpoint (the paper's normalized
-Hamming error, in percent), and chunk F1 (conlleval's figure) of the same hypotheses against the
-original test tags, computed twice: by the plugin's ``chunk_f1`` scorer and by ``seqeval`` (an
-independent implementation of conlleval), on hypotheses cut or padded with ``O`` to the reference
-length as conlleval needs them. Resumable; results go to examples/results/conll.jsonl.
+source + 5). Not the paper's Adadelta: examples/README.md (Chunking) has the measurement. SEARNN
+rows search with SEARCH (sampled tokens and cells: see below why). Test: ``fairseq-generate --beam 1
+--scoring hamming`` on the best checkpoint (the paper's normalized Hamming error, in percent), and
+chunk F1 (conlleval's figure) of the same hypotheses against the original test tags, computed twice:
+by the plugin's ``chunk_f1`` scorer and by ``seqeval`` (an independent implementation of conlleval),
+on hypotheses cut or padded with ``O`` to the reference length as conlleval needs them. Resumable;
+results go to examples/results/conll.jsonl.
 """
 
 import os
@@ -73,6 +71,7 @@ FINETUNE = [
     ("LL learned/mixed from MLE", [*dict(TABLE1)["LL learned/mixed"], *FINETUNE_BUDGET,
                                    "--mle-weight", "1", "--mle-weight-decay-updates", "300"]),
 ]
+FINETUNE_TABLE = ["MLE", *(config for config, _ in FINETUNE)]
 # benchmarks/step_time.py times this row (config 7)
 CONLL_SAMPLED_SEARCH = [*dict(TABLE1)["LL learned/mixed"], "--cost", "normalized_hamming"]
 
@@ -149,14 +148,11 @@ def test_references(data: str) -> List[str]:
         return [line.rstrip("\n") for line in f]
 
 
-FINETUNE_RESULTS = runner.default_results("conll-finetune")
-
-
 def experiment(args, data: str) -> runner.Experiment:
     return runner.Experiment(
         task="conll", data=data, work_dir=args.work_dir, common=runner.capped(COMMON, args.stop_time_hours),
         scoring="hamming", generate_flags=GENERATE, device=args.device,
-        results=runner.results_file(args, "conll") or (FINETUNE_RESULTS if args.grid == "finetune" else ""),
+        results=runner.results_file(args, "conll", grids_apart=["finetune"]),
         budget_hours=args.budget_hours, snapshots=args.snapshot_dir,
         test_metrics=(lambda output: chunk_scores(output, test_references(data))) if data else None,
     )
@@ -167,8 +163,7 @@ def report(args) -> None:
     print(runner.format_tables(rows, "normalized Hamming", [
         ("table1", "Table 1 (CoNLL-2000, test normalized Hamming error %)", [c for c, _ in TABLE1]),
         ("table2", "Table 2 (CoNLL-2000, 5 tokens per cell)", [c for c, _ in TABLE2]),
-        ("finetune", "Fine-tuning from MLE (CoNLL-2000, test normalized Hamming error %)",
-         ["MLE", *(c for c, _ in FINETUNE)]),
+        ("finetune", "Fine-tuning from MLE (CoNLL-2000, test normalized Hamming error %)", FINETUNE_TABLE),
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     if rows:
@@ -179,7 +174,7 @@ def report(args) -> None:
                   f"{row.get('chunk_f1_fitted', float('nan')):.2f} | {row.get('seqeval_f1_fitted', float('nan')):.2f} | "
                   f"{row.get('length_mismatches', '')} |")
         plot = runner.plot_results(experiment(args, ""), rows, "CoNLL-2000: validation normalized Hamming error",
-                                   configs=["MLE", *(c for c, _ in FINETUNE)] if args.grid == "finetune"
+                                   configs=FINETUNE_TABLE if args.grid == "finetune"
                                    else [c for c, _ in TABLE1_MAIN])
         print(f"\nplot: {plot}")
 

@@ -94,14 +94,14 @@ def prepare(data_root: str, work_dir: str) -> str:
 
 
 def experiment(args, data: str) -> runner.Experiment:
-    results = runner.results_file(args, "ocr") or (FINETUNE_RESULTS if args.grid == "finetune" else "")
+    results = runner.results_file(args, "ocr", grids_apart=["finetune"])
     return runner.Experiment(task="ocr", data=data, work_dir=args.work_dir,
                              common=runner.capped(COMMON, args.stop_time_hours), scoring="hamming",
                              generate_flags=GENERATE, results=results, device=args.device,
                              budget_hours=args.budget_hours, snapshots=args.snapshot_dir)
 
 
-FINETUNE_RESULTS = runner.default_results("ocr-finetune")
+FINETUNE_RESULTS = runner.grid_results("ocr", "finetune")
 
 
 def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
