@@ -19,6 +19,7 @@ at most 10 MB a checkpoint).
 
 import argparse
 import concurrent.futures
+import itertools
 import json
 import math
 import os
@@ -730,6 +731,44 @@ def summary(rows: List[dict], group: Optional[str] = None) -> Dict[str, dict]:
             "wall_min": statistics.mean(r["wall_s"] for r in items) / 60,
         }
     return table
+
+
+def sign_flip_p(differences: List[float]) -> float:
+    """Exact two-sided p-value of a paired permutation test: the share of the 2^n sign assignments
+    of the per-seed differences whose mean is at least as far from 0 as the observed one (no
+    normality assumed, which a handful of seeds cannot check)."""
+    observed = abs(sum(differences)) - 1e-12
+    flips = itertools.product((1, -1), repeat=len(differences))
+    extreme = sum(abs(sum(sign * d for sign, d in zip(signs, differences))) >= observed for signs in flips)
+    return extreme / 2 ** len(differences)
+
+
+def paired_against(rows: List[dict], baseline: str, configs: List[str], group: Optional[str] = None) -> List[dict]:
+    """Each config's test errors paired by seed with the baseline's: mean difference (config minus
+    baseline), relative change of the mean, seeds where the config is lower, the sign-flip p."""
+    chosen = [row for row in rows if group is None or row["group"] == group]
+    base = {row["seed"]: row["test_error"] for row in chosen if row["config"] == baseline}
+    paired = []
+    for config in configs:
+        errors = {row["seed"]: row["test_error"] for row in chosen if row["config"] == config}
+        seeds = sorted(set(errors) & set(base))
+        if len(seeds) < 2:
+            continue
+        differences = [errors[seed] - base[seed] for seed in seeds]
+        base_mean = statistics.mean(base[seed] for seed in seeds)
+        paired.append({"config": config, "seeds": seeds, "mean_difference": statistics.mean(differences),
+                       "relative": statistics.mean(differences) / base_mean, "lower": sum(d < 0 for d in differences),
+                       "p": sign_flip_p(differences)})
+    return paired
+
+
+def format_paired(paired: List[dict], baseline: str) -> str:
+    lines = [f"| config | seeds | mean difference to {baseline} (points) | relative | seeds lower | p (paired, exact) |",
+             "|---|---|---|---|---|---|"]
+    for row in paired:
+        lines.append(f"| {row['config']} | {len(row['seeds'])} | {row['mean_difference']:+.2f} | "
+                     f"{100 * row['relative']:+.0f}% | {row['lower']}/{len(row['seeds'])} | {row['p']:.3f} |")
+    return "\n".join(lines)
 
 
 def format_table(table: Dict[str, dict], metric: str, order: Optional[List[str]] = None) -> str:

@@ -101,6 +101,68 @@ def test_summary_gives_mean_and_std_over_seeds():
     assert "| MLE | 3.00 ± 1.00 | 1,2,3 |" in runner.format_table(table, "Hamming")
 
 
+def test_the_paired_test_enumerates_every_sign_flip_of_the_per_seed_differences():
+    # 3 seeds all lower by 1: of the 8 sign assignments only all-minus and all-plus reach |mean| 1
+    assert runner.sign_flip_p([-1.0, -1.0, -1.0]) == 2 / 8
+    # one large gain and two small losses: every assignment's |sum| is at least the observed 1.05
+    assert runner.sign_flip_p([-1.64, 0.33, 0.26]) == 1.0
+    # 10 seeds, 9 lower by 1 and one higher by 1: |sum| >= 8 needs at most one plus among ten
+    # signs, or at most one minus: (1 + 10) * 2 of 1024
+    assert math.isclose(runner.sign_flip_p([-1.0] * 9 + [1.0]), 22 / 1024)
+
+
+def test_rows_are_paired_with_the_baseline_by_seed_and_unpaired_seeds_are_left_out():
+    def row(config, seed, error, group="table1"):
+        return {"config": config, "seed": seed, "test_error": error, "group": group}
+
+    rows = [row("MLE", 1, 3.0), row("MLE", 2, 2.0), row("MLE", 3, 4.0), row("LL", 1, 2.0), row("LL", 2, 1.0),
+            row("LL", 4, 0.5), row("LL", 3, 9.0, group="diagnostic"), row("LLCAS", 1, 1.0)]
+    [paired] = runner.paired_against(rows, "MLE", ["LL", "LLCAS"], group="table1")  # LLCAS: one seed, no test
+    assert paired["seeds"] == [1, 2] and paired["mean_difference"] == -1.0 and paired["lower"] == 2
+    assert math.isclose(paired["relative"], -1.0 / 2.5) and paired["p"] == 0.5
+    assert "| LL | 2 | -1.00 | -40% | 2/2 | 0.500 |" in runner.format_paired([paired], "MLE")
+
+
+def test_the_spelling_finetune_grid_starts_sll_policy_from_each_seeds_mle_with_the_ocr_recipe():
+    from examples.ocr import run as ocr
+    from examples.spelling import run as spelling
+
+    finetune = spelling.runs("finetune")
+    sources = [run for run in finetune if run.init_from is None]
+    assert [(run.name, run.flags) for run in sources] == [(f"mle-seed{s}", ["--criterion", "searnn_mle"]) for s in (1, 2)]
+    tuned = [run for run in finetune if run.init_from is not None]
+    assert [(run.seed, run.init_from.name) for run in tuned] == [(1, "mle-seed1"), (2, "mle-seed2")]
+    # the Table 2 row it is compared with, then the budget and MLE term chosen on OCR (whose --lr 1e-3
+    # is spelling's own)
+    assert tuned[0].flags == [*dict(spelling.TABLE2)["sLL policy"], "--max-epoch", "10", "--patience", "3",
+                              "--mle-weight", "1", "--mle-weight-decay-updates", "300"]
+    assert ocr.FINETUNE[-len(ocr.DECAYING_MLE_TERM) - 2:] == ["--lr", "0.001", *ocr.DECAYING_MLE_TERM]
+    assert "--lr" in spelling.common(30) and spelling.common(30)[spelling.common(30).index("--lr") + 1] == "0.001"
+
+
+def test_the_three_ways_are_compared_on_test_error_total_wall_time_and_time_to_mles_best():
+    from examples import finetuning
+
+    def row(config, seed, wall_costs, test, updates):
+        curve = [{"updates": 10 * (i + 1), "wall": wall, "cost": cost} for i, (wall, cost) in enumerate(wall_costs)]
+        run = runner.Run(config, seed, []).name
+        return {"run": run, "config": config, "seed": seed, "test_error": test, "updates": updates,
+                "wall_s": wall_costs[-1][0] + 5, "best_valid_cost": min(c for _, c in wall_costs), "curve": curve}
+
+    mle = row("MLE", 1, [(10, 0.5), (20, 0.3), (30, 0.31)], 3.0, 30)
+    scratch = row("sLL policy", 1, [(50, 0.9), (100, 0.3), (150, 0.2)], 2.5, 60)
+    tuned = row("sLL policy from MLE", 1, [(40, 0.35), (80, 0.25)], 2.0, 20)
+    rows = {r["run"]: r for r in (mle, tuned)}
+    [found] = finetuning.triples(rows, {scratch["run"]: scratch}, "sLL policy", "sLL policy from MLE")
+    assert found == (mle, scratch, tuned)
+    c = finetuning.comparison(*found)
+    # MLE's best is 0.3: scratch gets there at 100 s; the fine-tuning at MLE's 35 s + 80 s
+    assert (c["mle_reaches_s"], c["scratch_reaches_s"], c["finetune_reaches_s"]) == (20, 100, 115)
+    assert c["finetune_wall_s"] == 35 + 80 and c["finetune_s_per_update"] == 4.0
+    assert "seed 1: scratch 60 updates x 4.000 s = 240 s (recorded: 155 s)" in finetuning.format_rescaled_scratch([c])
+    assert "| 1 | 3.00 | 35 | 2.50 | 155 | 100 | 2.00 | 115 | 115 |" in finetuning.format_table([c])
+
+
 def test_gpu_runs_drop_cpu_and_a_time_cap_makes_a_different_run(tmp_path):
     run = runner.Run("MLE", 1, ["--criterion", "searnn_mle"])
     cpu = experiment(tmp_path, 30)

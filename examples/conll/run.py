@@ -33,6 +33,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from examples import runner  # noqa: E402
+from examples.ocr.run import DECAYING_MLE_TERM, FINETUNE_BUDGET  # noqa: E402
 
 TASK = ["--task", "factored_translation", "--source-lang", "words", "--target-lang", "chunk", "--source-factor", "pos"]
 MAX_EPOCH, PATIENCE = 60, 5
@@ -65,11 +66,9 @@ TABLE2 = [
 # Fine-tuning (``--grid finetune``, its own results file): from each seed's best MLE checkpoint, LL
 # learned/mixed with the recipe chosen on OCR (examples/ocr/run.py: an MLE term of weight 1 decayed
 # to 0 over 300 updates), against MLE continued from the same checkpoint under the same budget.
-FINETUNE_BUDGET = ["--max-epoch", "10", "--patience", "3"]
 FINETUNE = [
     ("MLE continued", ["--criterion", "searnn_mle", *FINETUNE_BUDGET]),
-    ("LL learned/mixed from MLE", [*dict(TABLE1)["LL learned/mixed"], *FINETUNE_BUDGET,
-                                   "--mle-weight", "1", "--mle-weight-decay-updates", "300"]),
+    ("LL learned/mixed from MLE", [*dict(TABLE1)["LL learned/mixed"], *FINETUNE_BUDGET, *DECAYING_MLE_TERM]),
 ]
 FINETUNE_TABLE = ["MLE", *(config for config, _ in FINETUNE)]
 # benchmarks/step_time.py times this row (config 7)

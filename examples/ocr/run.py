@@ -23,14 +23,13 @@ on validation error. Its report compares them with SEARNN from scratch (examples
 """
 
 import os
-import statistics
 import subprocess
 import sys
 from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples import runner  # noqa: E402
+from examples import finetuning, runner  # noqa: E402
 
 TABLE1_MAIN = [("MLE", ["--criterion", "searnn_mle"])] + [
     (f"{loss.upper()} learned/mixed", ["--criterion", f"searnn_{loss}", "--rollin", "learned", "--rollout", "mixed"])
@@ -53,8 +52,10 @@ TABLE2 = [
 ]
 
 # Fine-tuning from MLE: a shorter budget than from scratch, as the model starts at MLE's plateau,
-# and the variant of FINETUNE_TUNING with the lowest validation error on seed 1.
+# and the variant of FINETUNE_TUNING with the lowest validation error on seed 1. The CoNLL and
+# spelling grids reuse the budget and the decaying MLE term (their Adam lr is already 1e-3).
 FINETUNE_BUDGET = ["--max-epoch", "10", "--patience", "3"]
+DECAYING_MLE_TERM = ["--mle-weight", "1", "--mle-weight-decay-updates", "300"]
 SCRATCH_CONFIG = "LLCAS learned/mixed"  # Table 1's row, the run fine-tuning is compared with
 LLCAS = ["--criterion", "searnn_llcas", "--rollin", "learned", "--rollout", "mixed"]
 FINETUNE_TUNING = [
@@ -63,8 +64,7 @@ FINETUNE_TUNING = [
         ("lr 1e-3", ["--lr", "0.001"]),
         ("lr 5e-4", ["--lr", "0.0005"]),
         ("lr 1e-3, roll-in warm-up 300", ["--lr", "0.001", "--rollin-warmup-updates", "300"]),
-        ("lr 1e-3, MLE weight 1 decayed over 300", ["--lr", "0.001", "--mle-weight", "1",
-                                                    "--mle-weight-decay-updates", "300"]),
+        ("lr 1e-3, MLE weight 1 decayed over 300", ["--lr", "0.001", *DECAYING_MLE_TERM]),
     )
 ]
 FINETUNE_CONFIG, FINETUNE = FINETUNE_TUNING[4]
@@ -133,74 +133,6 @@ def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
     return chosen
 
 
-def finetune_comparison(mle: dict, scratch: Optional[dict], finetuned: Optional[dict]) -> dict:
-    """One seed's (a) MLE, (b) SEARNN from scratch, (c) MLE then SEARNN fine-tuning: test error, total
-    wall time, and the wall time at which validation first reaches MLE's best validation error."""
-    target = mle["best_valid_cost"]
-    row = {"seed": mle["seed"], "mle_test": mle["test_error"], "mle_wall_s": mle["wall_s"],
-           "mle_reaches_s": runner.first_reaching(mle["curve"], target)}
-    if scratch:
-        row.update(scratch_test=scratch["test_error"], scratch_wall_s=scratch["wall_s"],
-                   scratch_reaches_s=runner.first_reaching(scratch["curve"], target))
-    if finetuned:
-        wall = finetuned["curve"][-1]["wall"] if finetuned["curve"] else 0.0
-        reached = runner.first_reaching(finetuned["curve"], target)
-        row.update(finetune_test=finetuned["test_error"], finetune_wall_s=mle["wall_s"] + wall,
-                   finetune_reaches_s=None if reached is None else mle["wall_s"] + reached)
-    return row
-
-
-def format_finetune_table(comparisons: List[dict]) -> str:
-    def seconds(value):
-        return "never" if value is None else f"{value:.0f}"
-
-    lines = ["| seed | MLE test % | MLE wall s | scratch test % | scratch wall s | scratch reaches s | "
-             "MLE+FT test % | MLE+FT wall s | MLE+FT reaches s |", "|---|---|---|---|---|---|---|---|---|"]
-    for c in comparisons:
-        lines.append(f"| {c['seed']} | {c['mle_test']:.2f} | {c['mle_wall_s']:.0f} | "
-                     f"{c.get('scratch_test', float('nan')):.2f} | {c.get('scratch_wall_s', float('nan')):.0f} | "
-                     f"{seconds(c.get('scratch_reaches_s'))} | {c.get('finetune_test', float('nan')):.2f} | "
-                     f"{c.get('finetune_wall_s', float('nan')):.0f} | {seconds(c.get('finetune_reaches_s'))} |")
-    for key, name in (("mle_test", "MLE"), ("scratch_test", "scratch"), ("finetune_test", "MLE+FT")):
-        values = [c[key] for c in comparisons if key in c]
-        if len(values) > 1:
-            lines.append(f"{name}: test {statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} "
-                         f"over seeds {[c['seed'] for c in comparisons if key in c]}")
-    return "\n".join(lines[:2 + len(comparisons)] + [""] + lines[2 + len(comparisons):])
-
-
-def plot_finetune(comparisons_rows: List[tuple], path: str) -> None:
-    """Validation error against wall time: MLE, SEARNN from scratch and MLE then SEARNN fine-tuning
-    (the fine-tuning's curve after MLE's whole run, as it starts from MLE's best checkpoint then)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for index, (mle, scratch, finetuned) in enumerate(comparisons_rows):
-        style = {"linestyle": ("-", "--", ":")[index % 3], "linewidth": 1.3}
-        label = f" (seed {mle['seed']})"
-        ax.plot([p["wall"] / 60 for p in mle["curve"]], [p["cost"] for p in mle["curve"]], color="black",
-                label="MLE" + label, **style)
-        if scratch:
-            ax.plot([p["wall"] / 60 for p in scratch["curve"]], [p["cost"] for p in scratch["curve"]], color="C0",
-                    label="LLCAS from scratch" + label, **style)
-        if finetuned:
-            start = mle["wall_s"]
-            ax.plot([(start + p["wall"]) / 60 for p in finetuned["curve"]], [p["cost"] for p in finetuned["curve"]],
-                    color="C3", label="MLE, then LLCAS fine-tuning" + label, **style)
-    ax.set_xlabel("total wall time (min, one core)")
-    ax.set_ylabel("validation Hamming error per word")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    ax.set_title("OCR: SEARNN from scratch vs fine-tuned from MLE")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
 def report_finetune(args) -> None:
     rows = runner.read_rows(FINETUNE_RESULTS)
     scratch_rows = {**runner.read_rows(runner.default_results("ocr")), **rows}  # a same-machine rerun wins
@@ -211,20 +143,9 @@ def report_finetune(args) -> None:
         for row in tuning:
             print(f"| {row['config']} | {row['best_valid_cost']:.4f} | {row['test_error']:.2f} | {row['updates']} | "
                   f"{row['wall_s']:.0f} |")
-    triples = []
-    for mle in sorted((r for r in rows.values() if r["config"] == "MLE"), key=lambda r: r["seed"]):
-        seed = mle["seed"]
-        scratch = scratch_rows.get(f"llcas-learned-mixed-seed{seed}")
-        finetuned = rows.get(runner.Run(FINETUNE_CONFIG, seed, []).name)
-        triples.append((mle, scratch, finetuned))
-    if not triples:
-        return
-    print("\nPer seed: (a) MLE, (b) LLCAS from scratch, (c) MLE then LLCAS fine-tuning; wall = total "
-          "training time, reaches = wall time of the first validation at or below MLE's best")
-    print(format_finetune_table([finetune_comparison(*triple) for triple in triples]))
-    path = os.path.splitext(FINETUNE_RESULTS)[0] + "_validation.png"
-    plot_finetune(triples, path)
-    print(f"\nplot: {path}")
+    found = finetuning.triples(rows, scratch_rows, SCRATCH_CONFIG, FINETUNE_CONFIG)
+    finetuning.report(found, os.path.splitext(FINETUNE_RESULTS)[0] + "_validation.png",
+                      finetuning.Ways(searnn="LLCAS", task="OCR", cost="Hamming error per word"))
 
 
 def report(args) -> None:
@@ -238,6 +159,11 @@ def report(args) -> None:
         ("table2", "Table 2 (OCR, 5 tokens per cell)", [c for c, _ in TABLE2]),
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
+    searnn = [c for c, _ in TABLE1_MAIN if c != "MLE"]
+    paired = runner.paired_against(rows, "MLE", searnn, group="table1")
+    if paired:
+        print("\nTable 1 minimum, paired by seed with MLE (p: exact two-sided sign-flip permutation test)")
+        print(runner.format_paired(paired, "MLE"))
     if rows:
         plot = runner.plot_results(results, rows, "OCR: validation Hamming error per word",
                                    configs=[c for c, _ in TABLE1_MAIN])

@@ -5,6 +5,8 @@
     python examples/spelling/run.py --noise 0.3 --report
     python examples/spelling/run.py --noise 0.3 --grid table2 --seeds 2 --configs "sLL policy" \
         --extra-flags "--clip-norm 5"                            # a diagnostic: a row with flags added
+    python examples/spelling/run.py --noise 0.5 --grid finetune # MLE, then sLL policy from its best checkpoint
+    python examples/spelling/run.py --noise 0.5 --grid finetune --report
 
 Data: the English text of ``--data-root``/english_text (Brown + ABC news; the
 One Billion Word benchmark is not obtainable here), built by
@@ -17,18 +19,29 @@ early stop after 3 epochs without a better validation edit error; test with
 ``fairseq-generate --beam 1 --scoring edit``. Resumable; results go to
 examples/results/spelling-NOISE.jsonl (runs with ``--extra-flags``:
 spelling-NOISE-diagnostics.jsonl).
+
+``--grid finetune`` (results in spelling-NOISE-finetune.jsonl): MLE on seeds 1-2, then sLL with
+policy sampling fine-tuned from each seed's best MLE checkpoint with the OCR grid's fine-tuning
+budget and decaying MLE term (examples/ocr/run.py, not tuned again here); its report compares them
+with Table 2's sLL policy rows trained from scratch.
 """
 
 import os
 import subprocess
 import sys
+from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples import runner  # noqa: E402
-from examples.ocr.run import TABLE1_MAIN, TABLE1_REST, TABLE2, runs  # noqa: E402
+from examples import finetuning, runner  # noqa: E402
+from examples.ocr.run import DECAYING_MLE_TERM, FINETUNE_BUDGET, TABLE1_MAIN, TABLE1_REST, TABLE2  # noqa: E402
+from examples.ocr.run import runs as table_runs  # noqa: E402
 
 GENERATE = ["--task", "translation", "--source-lang", "src", "--target-lang", "tgt"]
+# Fine-tuning: sLL with policy sampling keeps most of the all-token gain at a fraction of its cost
+SCRATCH_CONFIG = "sLL policy"
+FINETUNE_CONFIG = f"{SCRATCH_CONFIG} from MLE, MLE weight 1 decayed over 300"
+FINETUNE = [*dict(TABLE2)[SCRATCH_CONFIG], *FINETUNE_BUDGET, *DECAYING_MLE_TERM]
 
 
 def common(max_epoch: int):
@@ -49,11 +62,33 @@ def prepare(data_root: str, work_dir: str, noise: float) -> str:
     return data
 
 
+def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
+    """MLE, then FINETUNE from its best checkpoint, per seed (default 1-2)."""
+    mle = {seed: runner.Run("MLE", seed, ["--criterion", "searnn_mle"], group="finetune") for seed in seeds or [1, 2]}
+    return [*mle.values()] + [runner.Run(FINETUNE_CONFIG, seed, FINETUNE, group="finetune", init_from=source)
+                              for seed, source in mle.items()]
+
+
+def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
+    return finetune_runs(seeds) if grid == "finetune" else table_runs(grid, seeds)
+
+
+def report_finetune(experiment: runner.Experiment, task: str) -> None:
+    """The three ways per seed; the from-scratch rows are Table 2's (spelling-NOISE.jsonl), timed
+    by earlier runs, hence also shown at the fine-tuning's seconds per update."""
+    rows = runner.recorded(experiment)
+    scratch_rows = runner.read_rows(runner.default_results(task))
+    found = finetuning.triples(rows, scratch_rows, SCRATCH_CONFIG, FINETUNE_CONFIG)
+    finetuning.report(found, os.path.splitext(experiment.results)[0] + "_validation.png",
+                      finetuning.Ways(searnn=SCRATCH_CONFIG, task=task, cost="edit error per character"),
+                      rescale_scratch=True)
+
+
 def main():
     parser = runner.common_arguments(__doc__)
     parser.add_argument("--noise", type=float, choices=[0.3, 0.5], required=True)
     parser.add_argument("--work-dir", help="default: runs/spelling-NOISE")
-    parser.add_argument("--grid", choices=["main", "table1", "table2", "all"], default="main")
+    parser.add_argument("--grid", choices=["main", "table1", "table2", "all", "finetune"], default="main")
     parser.add_argument("--max-epoch", type=int, default=30)
     parser.add_argument("--report", action="store_true")
     args = runner.parse_arguments(parser)
@@ -61,7 +96,7 @@ def main():
     task = f"spelling-{args.noise}"
     experiment = runner.Experiment(task=task, data=os.path.join(work_dir, "data"), work_dir=work_dir,
                                    common=runner.capped(common(args.max_epoch), args.stop_time_hours),
-                                   scoring="edit", generate_flags=GENERATE, results=runner.results_file(args, task),
+                                   scoring="edit", generate_flags=GENERATE, results=runner.results_file(args, task, grids_apart=["finetune"]),
                                    device=args.device, budget_hours=args.budget_hours,
                                    snapshots=args.snapshot_dir)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
@@ -72,6 +107,8 @@ def main():
     elif not args.report:
         prepare(args.data_root, work_dir, args.noise)
         runner.run_all(experiment, chosen, jobs=args.jobs)
+    if args.grid == "finetune":
+        return report_finetune(experiment, task)
     rows = list(runner.recorded(experiment).values())
     order = [c for c, _ in TABLE1_MAIN + TABLE1_REST]
     print(runner.format_tables(rows, "edit", [
