@@ -423,8 +423,8 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
         "best_valid_cost": min((p["cost"] for p in curve), default=None),
         "updates": curve[-1]["updates"] if curve else 0,
         "wall_s": curve[-1]["wall"] if curve else 0,
-        "train_command": portable(command),
-        "generate_command": portable(generate),
+        "train_command": portable(command, experiment.work_dir, experiment.task),
+        "generate_command": portable(generate, experiment.work_dir, experiment.task),
         "curve": curve,
         **({"resumed_from_weights_only": True} if resumed_from_weights_only(save_dir) else {}),
         **extra,
@@ -641,10 +641,15 @@ def results_file(args: argparse.Namespace, task: str, grids_apart: Sequence[str]
     return grid_results(task, args.grid) if getattr(args, "grid", None) in grids_apart else ""
 
 
-def portable(command: List[str]) -> str:
+def portable(command: List[str], work_dir: str = "", task: str = "") -> str:
     """A command as it reads from the repository root (where the runner runs it), without this
-    machine's paths, so that a recorded row can be rerun from any clone with fairseq on PATH."""
+    machine's paths, so that a recorded row can be rerun from any clone with fairseq on PATH. Paths
+    under a ``work_dir`` elsewhere read as under the task's default one, runs/TASK."""
+    root = work_dir.rstrip(os.sep)
+
     def local(arg: str) -> str:
+        if root and task and (arg == root or arg.startswith(root + os.sep)):
+            return os.path.normpath(os.path.join("runs", task, os.path.relpath(arg, root)))
         return os.path.relpath(arg, REPO) if arg.startswith(REPO + os.sep) else arg
 
     program, *args = command

@@ -458,3 +458,7 @@ def test_recorded_commands_read_from_the_repository_root_without_this_machines_p
                                         "--user-dir searnn_fairseq --extra 'a b' /clonex/y")
     # a fairseq found on PATH outside the clone (e.g. a pip --target directory) is named alone too
     assert runner.portable(["/tmp/site/bin/fairseq-generate", "/clone/d"]) == "fairseq-generate d"
+    # a --work-dir outside the clone reads as the task's default one
+    assert runner.portable(["fairseq-train", "/scratch/o/data", "--save-dir", "/scratch/o/mle-seed1", "/scratch/ox"],
+                           "/scratch/o", "ocr") == "fairseq-train runs/ocr/data --save-dir runs/ocr/mle-seed1 /scratch/ox"
+    assert runner.portable(["x", "/scratch/o"], "/scratch/o/", "ocr") == "x runs/ocr"
