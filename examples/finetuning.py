@@ -41,7 +41,8 @@ def comparison(mle: dict, scratch: Optional[dict], finetuned: Optional[dict]) ->
     if scratch:
         row.update(scratch_test=scratch["test_error"], scratch_wall_s=scratch["wall_s"],
                    scratch_reaches_s=runner.first_reaching(scratch["curve"], target),
-                   scratch_updates=scratch["updates"])
+                   scratch_updates=scratch["updates"],
+                   scratch_reaches_updates=next((p["updates"] for p in scratch["curve"] if p["cost"] <= target), None))
     if finetuned:
         wall = finetuned["curve"][-1]["wall"] if finetuned["curve"] else 0.0
         reached = runner.first_reaching(finetuned["curve"], target)
@@ -77,10 +78,13 @@ def format_rescaled_scratch(comparisons: List[dict]) -> str:
     update on the same model and batch)."""
     lines = []
     for c in comparisons:
-        if c.get("scratch_updates") and c.get("finetune_s_per_update"):
-            lines.append(f"seed {c['seed']}: scratch {c['scratch_updates']} updates x "
-                         f"{c['finetune_s_per_update']:.3f} s = {c['scratch_updates'] * c['finetune_s_per_update']:.0f} s "
-                         f"(recorded: {c['scratch_wall_s']:.0f} s)")
+        rate = c.get("finetune_s_per_update")
+        if c.get("scratch_updates") and rate:
+            reaches = c.get("scratch_reaches_updates")
+            reached = "never" if reaches is None else f"{reaches} updates x {rate:.3f} s = {reaches * rate:.0f} s"
+            lines.append(f"seed {c['seed']}: scratch {c['scratch_updates']} updates x {rate:.3f} s = "
+                         f"{c['scratch_updates'] * rate:.0f} s (recorded: {c['scratch_wall_s']:.0f} s); "
+                         f"reaches MLE's best at {reached}")
     return "\n".join(lines)
 
 

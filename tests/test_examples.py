@@ -159,7 +159,9 @@ def test_the_three_ways_are_compared_on_test_error_total_wall_time_and_time_to_m
     # MLE's best is 0.3: scratch gets there at 100 s; the fine-tuning at MLE's 35 s + 80 s
     assert (c["mle_reaches_s"], c["scratch_reaches_s"], c["finetune_reaches_s"]) == (20, 100, 115)
     assert c["finetune_wall_s"] == 35 + 80 and c["finetune_s_per_update"] == 4.0
-    assert "seed 1: scratch 60 updates x 4.000 s = 240 s (recorded: 155 s)" in finetuning.format_rescaled_scratch([c])
+    assert c["scratch_reaches_updates"] == 20
+    assert ("seed 1: scratch 60 updates x 4.000 s = 240 s (recorded: 155 s); reaches MLE's best at 20 updates x "
+            "4.000 s = 80 s") in finetuning.format_rescaled_scratch([c])
     assert "| 1 | 3.00 | 35 | 2.50 | 155 | 100 | 2.00 | 115 | 115 |" in finetuning.format_table([c])
 
 
