@@ -464,3 +464,18 @@ def test_recorded_commands_read_from_the_repository_root_without_this_machines_p
     assert runner.portable(["fairseq-train", "/scratch/o/data", "--save-dir", "/scratch/o/mle-seed1", "/scratch/ox"],
                            "/scratch/o", "ocr") == "fairseq-train runs/ocr/data --save-dir runs/ocr/mle-seed1 /scratch/ox"
     assert runner.portable(["x", "/scratch/o"], "/scratch/o/", "ocr") == "x runs/ocr"
+
+
+def test_the_main_job_says_when_searnn_first_reaches_mles_best_validation_error(capsys):
+    from examples.ocr import main_job
+
+    def row(config, wall_costs):
+        return {"config": config, "seed": 1, "test_error": 1.0, "updates": 10, "wall_s": wall_costs[-1][0],
+                "best_valid_cost": min(c for _, c in wall_costs),
+                "curve": [{"updates": i, "wall": w, "cost": c} for i, (w, c) in enumerate(wall_costs)]}
+
+    mle = row("MLE", [(30, 0.5), (60, 0.3), (81, 0.31)])
+    main_job.print_time_to_mle([mle, row("SEARNN LLCAS learned/mixed", [(100, 7.0), (300, 0.35), (411, 0.29), (459, 0.2)])])
+    assert "MLE trained for 81 s in all; SEARNN reaches it after 411 s of training (459 s in all)" in capsys.readouterr().out
+    main_job.print_time_to_mle([mle, row("SEARNN LLCAS learned/mixed", [(100, 7.0)])])
+    assert "SEARNN never reaches it (100 s in all)" in capsys.readouterr().out

@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples import runner  # noqa: E402
+from examples import finetuning, runner  # noqa: E402
 from examples.ocr.run import COMMON, GENERATE, data_dir  # noqa: E402
 
 # Each run may train for at most this long (fairseq's --stop-time-hours).
@@ -46,6 +46,20 @@ def obtain_ocr(data_root: str, work_dir: str) -> str:
         subprocess.run(["bash", os.path.join(runner.REPO, "preprocessing", "fetch_ocr.sh"), os.path.dirname(pickle)],
                        check=True)
     return pickle
+
+
+def print_time_to_mle(rows) -> None:
+    """When SEARNN's validation first reaches MLE's best, against MLE's whole training time (the
+    question docs/finetuning.md measures: from scratch, or MLE then fine-tuning)."""
+    by_config = {row["config"]: row for row in rows}
+    mle, searnn = (by_config.get(run.config) for run in RUNS)
+    if not (mle and searnn):
+        return
+    times = finetuning.comparison(mle, searnn, None)
+    reached = times["scratch_reaches_s"]
+    when = "never reaches it" if reached is None else f"reaches it after {reached:.0f} s of training"
+    print(f"MLE's best validation error ({mle['best_valid_cost']:.4f}): MLE trained for {mle['wall_s']:.0f} s in all; "
+          f"SEARNN {when} ({searnn['wall_s']:.0f} s in all).")
 
 
 def main():
@@ -75,6 +89,7 @@ def main():
     if mle and searnn and mle["mean"] > 0:
         change = 100 * (mle["mean"] - searnn["mean"]) / mle["mean"]
         print(f"\nSEARNN makes {abs(change):.0f}% {'fewer' if change >= 0 else 'more'} errors than MLE.")
+    print_time_to_mle(rows)
     runner.plot_curves(rows, os.path.join(args.work_dir, "validation.png"), "OCR: validation Hamming error per word")
     print(f"results: {experiment.results}; plot: {os.path.join(args.work_dir, 'validation.png')}")
 
