@@ -42,7 +42,7 @@ def comparison(mle: dict, scratch: Optional[dict], finetuned: Optional[dict]) ->
         row.update(scratch_test=scratch["test_error"], scratch_wall_s=scratch["wall_s"],
                    scratch_reaches_s=runner.first_reaching(scratch["curve"], target),
                    scratch_updates=scratch["updates"],
-                   scratch_reaches_updates=next((p["updates"] for p in scratch["curve"] if p["cost"] <= target), None))
+                   scratch_reaches_updates=runner.first_reaching(scratch["curve"], target, at="updates"))
     if finetuned:
         wall = finetuned["curve"][-1]["wall"] if finetuned["curve"] else 0.0
         reached = runner.first_reaching(finetuned["curve"], target)

@@ -438,9 +438,10 @@ def record_test(experiment: Experiment, run: Run, save_dir: str, threads: int, l
     return row
 
 
-def first_reaching(curve: List[dict], target: float) -> Optional[float]:
-    """The wall time (s) of the first validation at or below ``target``, None if none reaches it."""
-    return next((point["wall"] for point in curve if point["cost"] <= target), None)
+def first_reaching(curve: List[dict], target: float, at: str = "wall") -> Optional[float]:
+    """The wall time (s), or with ``at="updates"`` the update count, of the first validation at or
+    below ``target``; None if none reaches it."""
+    return next((point[at] for point in curve if point["cost"] <= target), None)
 
 
 def source_fields(source: Optional[dict], curve: List[dict]) -> dict:

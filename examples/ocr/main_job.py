@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples import finetuning, runner  # noqa: E402
+from examples import runner  # noqa: E402
 from examples.ocr.run import COMMON, GENERATE, data_dir  # noqa: E402
 
 # Each run may train for at most this long (fairseq's --stop-time-hours).
@@ -55,8 +55,7 @@ def print_time_to_mle(rows) -> None:
     mle, searnn = (by_config.get(run.config) for run in RUNS)
     if not (mle and searnn):
         return
-    times = finetuning.comparison(mle, searnn, None)
-    reached = times["scratch_reaches_s"]
+    reached = runner.first_reaching(searnn["curve"], mle["best_valid_cost"])
     when = "never reaches it" if reached is None else f"reaches it after {reached:.0f} s of training"
     print(f"MLE's best validation error ({mle['best_valid_cost']:.4f}): MLE trained for {mle['wall_s']:.0f} s in all; "
           f"SEARNN {when} ({searnn['wall_s']:.0f} s in all).")
