@@ -21,6 +21,14 @@ class Ways:
     cost: str  # the validation cost's name on the plot's axis, e.g. "Hamming error per word"
 
 
+def mle_then(rows: List[Tuple[str, List[str]]], seeds: List[int], mle_flags: List[str]) -> List[runner.Run]:
+    """A fine-tuning grid's runs: MLE on each seed (the grid's own, recorded in its results file),
+    then each (config, flags) row fine-tuned from that seed's best MLE checkpoint."""
+    mle = {seed: runner.Run("MLE", seed, mle_flags, group="finetune") for seed in seeds}
+    return [*mle.values()] + [runner.Run(config, seed, flags, group="finetune", init_from=source)
+                              for config, flags in rows for seed, source in mle.items()]
+
+
 def triples(rows: Dict[str, dict], scratch_rows: Dict[str, dict], scratch_config: str,
             finetune_config: str) -> List[Triple]:
     """(MLE, from scratch, fine-tuned) rows per seed of the grid's MLE runs, None where missing."""

@@ -32,7 +32,7 @@ from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from examples import runner  # noqa: E402
+from examples import finetuning, runner  # noqa: E402
 from examples.ocr.run import DECAYING_MLE_TERM, FINETUNE_BUDGET  # noqa: E402
 
 TASK = ["--task", "factored_translation", "--source-lang", "words", "--target-lang", "chunk", "--source-factor", "pos"]
@@ -88,9 +88,7 @@ def prepare(data_root: str, work_dir: str) -> str:
 def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
     """MLE (Table 1's runs, tested again into the fine-tuning file), then each FINETUNE row from its
     best checkpoint, per seed (default 1-3)."""
-    mle = {seed: runner.Run("MLE", seed, dict(TABLE1)["MLE"], group="finetune") for seed in seeds or [1, 2, 3]}
-    return [*mle.values()] + [runner.Run(config, seed, flags, group="finetune", init_from=source)
-                              for config, flags in FINETUNE for seed, source in mle.items()]
+    return finetuning.mle_then(FINETUNE, seeds or [1, 2, 3], dict(TABLE1)["MLE"])
 
 
 def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:

@@ -64,9 +64,7 @@ def prepare(data_root: str, work_dir: str, noise: float) -> str:
 
 def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
     """MLE, then FINETUNE from its best checkpoint, per seed (default 1-2)."""
-    mle = {seed: runner.Run("MLE", seed, ["--criterion", "searnn_mle"], group="finetune") for seed in seeds or [1, 2]}
-    return [*mle.values()] + [runner.Run(FINETUNE_CONFIG, seed, FINETUNE, group="finetune", init_from=source)
-                              for seed, source in mle.items()]
+    return finetuning.mle_then([(FINETUNE_CONFIG, FINETUNE)], seeds or [1, 2], dict(TABLE1_MAIN)["MLE"])
 
 
 def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
@@ -96,7 +94,8 @@ def main():
     task = f"spelling-{args.noise}"
     experiment = runner.Experiment(task=task, data=os.path.join(work_dir, "data"), work_dir=work_dir,
                                    common=runner.capped(common(args.max_epoch), args.stop_time_hours),
-                                   scoring="edit", generate_flags=GENERATE, results=runner.results_file(args, task, grids_apart=["finetune"]),
+                                   scoring="edit", generate_flags=GENERATE,
+                                   results=runner.results_file(args, task, grids_apart=["finetune"]),
                                    device=args.device, budget_hours=args.budget_hours,
                                    snapshots=args.snapshot_dir)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
