@@ -7,7 +7,7 @@ import textbook
 import tiny
 from searnn_fairseq.rollout import reference_lengths, rollout_caps
 
-ARCHS = ["lstm", "transformer", "searnn_gru"]
+ARCHS = ["lstm", "transformer", "searnn_gru", "searnn_gru_aligned"]
 
 SEARCH_SETTINGS = {
     "all-tokens-learned": ["--token-sampling", "all", "--rollin", "learned", "--rollout", "learned"],

@@ -194,6 +194,56 @@ def test_reordered_state_continues_like_decoding_the_reordered_batch(
     torch.testing.assert_close(continued, scratch[:, split:], atol=1e-5, rtol=0)
 
 
+ALIGNED = ["--decoder-aligned-input"]
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["tokens", "dense"])
+@pytest.mark.parametrize("attention, input_feeding", [(True, True), (False, False)])
+def test_aligned_input_decodes_incrementally_from_a_prefix_and_after_reordering(attention, input_feeding, dense):
+    """With aligned input each row must know its output position: a prefix fed in one call, then
+    single steps through a reorder that duplicates and drops rows, equals teacher forcing."""
+    model = tiny_model(attention, input_feeding, dense, extra=ALIGNED).eval()
+    net_input = make_batch(model.decoder.dictionary, dense)["net_input"]
+    src, lengths, prev = net_input["src_tokens"], net_input["src_lengths"], net_input["prev_output_tokens"]
+    new_order = torch.tensor([2, 0, 0, 3, 2])
+    with torch.no_grad():
+        full, _ = model(**net_input)
+        assert torch.allclose(incremental_logits(model, **net_input), full, atol=1e-5)
+        encoder_out = model.encoder(src, src_lengths=lengths)
+        state = {}
+        prefix, _ = model.decoder(prev[:, :2], encoder_out, incremental_state=state)
+        model.decoder.reorder_incremental_state_scripting(state, new_order)
+        prev = prev.index_select(0, new_order)
+        continued = torch.cat([model.decoder(prev[:, : t + 1], encoder_out, incremental_state=state)[0]
+                               for t in range(2, prev.size(1))], dim=1)
+    torch.testing.assert_close(prefix, full[:, :2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(continued, full.index_select(0, new_order)[:, 2:], atol=1e-5, rtol=0)
+
+
+def test_aligned_input_is_the_encoder_output_at_the_same_position_and_zero_past_the_source():
+    model = tiny_model(True, False, extra=ALIGNED).eval()
+    net_input = make_batch(model.decoder.dictionary, dense=False)["net_input"]
+    seen = []
+    model.decoder.gru.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(**net_input)
+        encoder_outs = model.encoder(net_input["src_tokens"], net_input["src_lengths"])["encoder_out"][0]
+    embed_dim, units = model.decoder.embed_tokens.embedding_dim, model.encoder.output_units
+    fed = torch.cat(seen)[:, :, embed_dim: embed_dim + units]  # T x B x C, one GRU call per step
+    lengths = net_input["src_lengths"].tolist()  # with EOS: 4, 6, 2, 5 (left-padded on input)
+    for b, length in enumerate(lengths):
+        for t in range(fed.size(0)):
+            expected = encoder_outs[t, b] if t < length else torch.zeros(units)
+            torch.testing.assert_close(fed[t, b], expected, atol=1e-6, rtol=0)
+    assert model.decoder.gru.input_size == embed_dim + units
+
+
+def test_aligned_input_is_off_by_default_and_on_by_flag_for_every_named_arch():
+    assert not build(["--arch", "searnn_gru_conll"]).decoder.aligned_input
+    model = build(["--arch", "searnn_gru_conll", "--decoder-aligned-input"])
+    assert model.decoder.aligned_input and model.decoder.gru.input_size == 50 + 2 * 172 + 172
+
+
 def test_reordering_copies_per_row_state_only():
     """Roll-outs branch many rows off one sentence: the encoder outputs and keys stay
     one per source, and only the small per-row tensors follow the new order."""
@@ -210,7 +260,7 @@ def test_reordering_copies_per_row_state_only():
     for key in ("attention_keys", "attention_values", "padding_mask"):
         assert after[key] is before[key]
     assert after["source_index"].tolist() == new_order.tolist()
-    assert after["hidden"].size(0) == after["input_feed"].size(0) == 6
+    assert after["hidden"].size(0) == after["input_feed"].size(0) == after["position"].size(0) == 6
 
 
 def test_attention_equals_the_textbook_formula_with_gradients():

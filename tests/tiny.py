@@ -35,6 +35,9 @@ ARCH_FLAGS = {
         "--decoder-input-feeding", "True", "--dropout", "0.1",
     ],
 }
+# each decoder row also reads the encoder output at its own output position: roll-outs that
+# branch and reorder rows must keep every row's position
+ARCH_FLAGS["searnn_gru_aligned"] = [*ARCH_FLAGS["searnn_gru"], "--decoder-aligned-input"]
 
 
 def parse(arch: str, criterion_flags=(), extra=()):

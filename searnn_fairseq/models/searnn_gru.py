@@ -88,6 +88,14 @@ class SearnnGRUConfig(FairseqDataclass):
             "(Luong et al., 2015)"
         },
     )
+    decoder_aligned_input: bool = field(
+        default=False,
+        metadata={
+            "help": "also feed the decoder, at output position t, the encoder output at source position t "
+            "(zeros past the source's end): the alignment a tagger is given, for tasks whose output is as "
+            "long as their input (chunking); attention stays as set"
+        },
+    )
     decoder_dropout_out: float = field(
         default=0.1,
         metadata={
@@ -162,15 +170,16 @@ class SearnnGRUModel(FairseqEncoderDecoderModel):
             encoder_output_units=encoder.output_units,
             attention=cfg.decoder_attention,
             input_feeding=cfg.decoder_input_feeding,
+            aligned_input=cfg.decoder_aligned_input,
             dropout=cfg.dropout,
             dropout_out=cfg.decoder_dropout_out,
             share_input_output_embed=cfg.share_decoder_input_output_embed,
         )
         if cfg.encoder_embed_path:
             encoder.load_embeddings(cfg.encoder_embed_path)
-        # Without attention the decoder only reads the final state: not keeping the
-        # per-position outputs spares every roll-out row a copy of them.
-        encoder.keep_outputs = cfg.decoder_attention
+        # Without attention or aligned input the decoder only reads the final state: not
+        # keeping the per-position outputs spares every roll-out row a copy of them.
+        encoder.keep_outputs = cfg.decoder_attention or cfg.decoder_aligned_input
         return cls(encoder, decoder)
 
 
@@ -381,9 +390,10 @@ class AdditiveAttention(nn.Module):
 
 
 class SearnnGRUDecoder(FairseqIncrementalDecoder):
-    """GRU decoder with optional additive attention and input feeding.
+    """GRU decoder with optional additive attention, input feeding and aligned input.
 
-    Step t: h_t = GRU([emb(y_{t-1}); o_{t-1} if input feeding], h_{t-1});
+    Step t: h_t = GRU([emb(y_{t-1}); e_t if aligned input; o_{t-1} if input feeding], h_{t-1}),
+    e_t the encoder output at source position t (zero past the source's end);
     with attention o_t = tanh(W_o [h_t; c_t]) where c_t attends with h_t, else o_t = h_t;
     logits_t = W_out dropout(o_t).
     """
@@ -397,6 +407,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         encoder_output_units=512,
         attention=True,
         input_feeding=True,
+        aligned_input=False,
         dropout=0.1,
         dropout_out=0.1,
         share_input_output_embed=False,
@@ -405,6 +416,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.input_feeding = input_feeding
+        self.aligned_input = aligned_input
         self.share_input_output_embed = share_input_output_embed
 
         self.embed_tokens = Embedding(len(dictionary), embed_dim, dictionary.pad())
@@ -418,7 +430,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         # feeding) and the step-by-step pass (a length-1 sequence per step), so both
         # use the same weights; on CPU a length-1 nn.GRU is as fast as a GRUCell loop.
         self.gru = nn.GRU(
-            input_size=embed_dim + (hidden_size if input_feeding else 0),
+            input_size=embed_dim + (encoder_output_units if aligned_input else 0) + (hidden_size if input_feeding else 0),
             hidden_size=hidden_size,
             num_layers=num_layers,
             dropout=dropout if num_layers > 1 else 0.0,
@@ -499,20 +511,27 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
             hidden = hidden.contiguous()
             input_feed = x.new_zeros(bsz, self.hidden_size) if self.input_feeding else None
             source_index = torch.arange(bsz, device=x.device)
-            if self.attention is not None:
+            position = torch.zeros(bsz, dtype=torch.long, device=x.device)
+            keys = values = padding_mask = None
+            if self.attention is not None or self.aligned_input:
                 encoder_outs = encoder_out["encoder_out"][0]
-                keys = self.attention.project_keys(encoder_outs)
                 values = encoder_outs.transpose(0, 1).contiguous()
                 padding_mask = encoder_out["encoder_padding_mask"][0]
-            else:
-                keys = values = padding_mask = None
+            if self.attention is not None:
+                keys = self.attention.project_keys(encoder_outs)
         else:
             hidden = cached["hidden"].transpose(0, 1).contiguous()
             input_feed = cached.get("input_feed")
             source_index = cached["source_index"]
+            position = cached["position"]
             keys = cached.get("attention_keys")
             values = cached.get("attention_values")
             padding_mask = cached.get("padding_mask")
+
+        if self.aligned_input:
+            positions = position.unsqueeze(1) + torch.arange(tgt_len, device=x.device)
+            aligned = aligned_encoder_states(values, padding_mask, source_index, positions)
+            x = torch.cat((x, aligned.transpose(0, 1)), dim=2)
 
         attn: Optional[Tensor] = None
         if self.stepwise:
@@ -545,6 +564,7 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
                     "hidden": hidden.transpose(0, 1),
                     "input_feed": input_feed,
                     "source_index": source_index,
+                    "position": position + tgt_len,
                     "attention_keys": keys,
                     "attention_values": values,
                     "padding_mask": padding_mask,
@@ -577,14 +597,15 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         return F.linear(features, self.embed_tokens.weight)
 
     # Cached state, batch-first. Per decoder row: "hidden" (B x layers x H),
-    # "input_feed" and "source_index" (the row's source sentence); per source
+    # "input_feed", "source_index" (the row's source sentence) and "position" (the
+    # output position of its next step); per source
     # sentence, never reordered: the projected encoder outputs "attention_keys"
     # (cached because recomputing them would dominate a step's cost), the outputs
     # themselves "attention_values", and "padding_mask". So after its first step the
     # decoder reads nothing from ``encoder_out``, and reordering rows copies only
     # small tensors however many rows share a source.
     reads_encoder_out_once = True
-    PER_ROW_STATE = ("hidden", "input_feed", "source_index")
+    PER_ROW_STATE = ("hidden", "input_feed", "source_index", "position")
 
     def _get_cached_state(
         self, incremental_state: Optional[IncrementalState]
@@ -614,6 +635,17 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
 
     def max_positions(self):
         return DEFAULT_MAX_POSITIONS
+
+
+def aligned_encoder_states(values: Tensor, padding_mask: Tensor, source_index: Tensor, positions: Tensor) -> Tensor:
+    """Row b's encoder output at source position positions[b, t] (B x T x C), zero where that
+    position is padding or past the source: ``values`` (sources x S x C, right-padded) and
+    ``padding_mask`` (sources x S) are read through each row's ``source_index``."""
+    src_len = values.size(1)
+    rows = source_index.unsqueeze(1).expand_as(positions)
+    within = positions.clamp(max=src_len - 1)
+    valid = positions.lt(src_len) & ~padding_mask[rows, within]
+    return values[rows, within] * valid.unsqueeze(2).to(values.dtype)
 
 
 def left_to_right_padding(x: Tensor, lengths: Tensor) -> Tensor:
