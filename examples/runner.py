@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -749,16 +749,18 @@ def sign_flip_p(differences: List[float]) -> float:
     return extreme / 2 ** len(differences)
 
 
-def paired_against(rows: List[dict], baseline: str, configs: List[str], group: Optional[str] = None) -> List[dict]:
+def paired_against(rows: List[dict], baseline: str, configs: List[str], group: Optional[str] = None,
+                   min_seeds: int = 2) -> List[dict]:
     """Each config's test errors paired by seed with the baseline's: mean difference (config minus
-    baseline), relative change of the mean, seeds where the config is lower, the sign-flip p."""
+    baseline), relative change of the mean, seeds where the config is lower, the sign-flip p (1 with
+    one seed: ``min_seeds`` 1 shows a single seed's difference, which no test can separate from noise)."""
     chosen = [row for row in rows if group is None or row["group"] == group]
     base = {row["seed"]: row["test_error"] for row in chosen if row["config"] == baseline}
     paired = []
     for config in configs:
         errors = {row["seed"]: row["test_error"] for row in chosen if row["config"] == config}
         seeds = sorted(set(errors) & set(base))
-        if len(seeds) < 2:
+        if len(seeds) < min_seeds:
             continue
         differences = [errors[seed] - base[seed] for seed in seeds]
         base_mean = statistics.mean(base[seed] for seed in seeds)
@@ -775,6 +777,46 @@ def format_paired(paired: List[dict], baseline: str) -> str:
         lines.append(f"| {row['config']} | {len(row['seeds'])} | {row['mean_difference']:+.2f} | "
                      f"{100 * row['relative']:+.0f}% | {row['lower']}/{len(row['seeds'])} | {row['p']:.3f} |")
     return "\n".join(lines)
+
+
+def modified_row(config: str, configs: Iterable[str]) -> Optional[str]:
+    """The grid row that a diagnostic config ("ROW, FLAGS", see with_extra_flags) adds flags to."""
+    candidates = [c for c in configs if config.startswith(f"{c}, ")]
+    return max(candidates, key=len) if candidates else None
+
+
+def paired_diagnostics(diagnostics: List[dict], rows: List[dict], baseline: str) -> List[dict]:
+    """Each diagnostic config paired by seed with the grid row it adds flags to and with the baseline
+    (both from ``rows``, the grid's results): what the flags change, and where that leaves the row."""
+    grid = {row["config"] for row in rows}
+    paired = []
+    for config in sorted({row["config"] for row in diagnostics}):
+        mine = [row for row in diagnostics if row["config"] == config]
+        for against in dict.fromkeys(c for c in (modified_row(config, grid), baseline) if c):
+            pool = mine + [row for row in rows if row["config"] == against]
+            paired += [dict(found, against=against) for found in paired_against(pool, against, [config], min_seeds=1)]
+    return paired
+
+
+def format_paired_diagnostics(paired: List[dict]) -> str:
+    lines = ["| diagnostic | against | seeds | mean difference (points) | relative | seeds lower | p (paired, exact) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in paired:
+        lines.append(f"| {row['config']} | {row['against']} | {','.join(map(str, row['seeds']))} | "
+                     f"{row['mean_difference']:+.2f} | {100 * row['relative']:+.1f}% | {row['lower']}/{len(row['seeds'])} | "
+                     f"{row['p']:.3f} |")
+    return "\n".join(lines)
+
+
+def report_diagnostics(task: str, baseline: str = "MLE") -> None:
+    """Print the task's diagnostic rows (TASK-diagnostics.jsonl) paired with its grid's rows (TASK.jsonl)."""
+    paired = paired_diagnostics(list(read_rows(diagnostic_results(task)).values()),
+                                list(read_rows(default_results(task)).values()), baseline)
+    if paired:
+        print(f"\nDiagnostics ({os.path.relpath(diagnostic_results(task), REPO)}) paired by seed with the grid row "
+              f"they add flags to and with {baseline} ({os.path.relpath(default_results(task), REPO)}; "
+              "p: exact two-sided sign-flip permutation test, 1 with one seed)")
+        print(format_paired_diagnostics(paired))
 
 
 def format_table(table: Dict[str, dict], metric: str, order: Optional[List[str]] = None) -> str:

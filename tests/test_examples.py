@@ -123,6 +123,26 @@ def test_rows_are_paired_with_the_baseline_by_seed_and_unpaired_seeds_are_left_o
     assert "| LL | 2 | -1.00 | -40% | 2/2 | 0.500 |" in runner.format_paired([paired], "MLE")
 
 
+def test_a_diagnostic_is_paired_with_the_grid_row_it_adds_flags_to_and_with_the_baseline():
+    def row(config, seed, error):
+        return {"config": config, "seed": seed, "test_error": error, "group": "x"}
+
+    grid = [row("MLE", 1, 10.0), row("MLE", 2, 12.0), row("sLL", 1, 9.0), row("sLL", 2, 11.0),
+            row("sLL policy", 1, 8.0), row("sLL policy", 2, 8.0)]
+    diagnostics = [row("sLL policy, --reference-rollout best", 1, 7.0), row("sLL policy, --reference-rollout best", 2, 9.0),
+                   row("MLE rerun", 1, 10.5)]
+    paired = {(p["config"], p["against"]): p for p in runner.paired_diagnostics(diagnostics, grid, "MLE")}
+    assert sorted(paired) == [("MLE rerun", "MLE"), ("sLL policy, --reference-rollout best", "MLE"),
+                              ("sLL policy, --reference-rollout best", "sLL policy")]  # not "sLL": the longest row
+    best = paired[("sLL policy, --reference-rollout best", "sLL policy")]
+    assert (best["seeds"], best["mean_difference"], best["lower"], best["p"]) == ([1, 2], 0.0, 1, 1.0)
+    assert paired[("sLL policy, --reference-rollout best", "MLE")]["mean_difference"] == -3.0
+    rerun = paired[("MLE rerun", "MLE")]
+    assert (rerun["seeds"], rerun["mean_difference"], rerun["p"]) == ([1], 0.5, 1.0)
+    assert "| sLL policy, --reference-rollout best | MLE | 1,2 | -3.00 | -27.3% | 2/2 | 0.500 |" in \
+        runner.format_paired_diagnostics(list(paired.values()))
+
+
 def test_the_spelling_finetune_grid_starts_sll_policy_from_each_seeds_mle_with_the_ocr_recipe():
     from examples.ocr import run as ocr
     from examples.spelling import run as spelling

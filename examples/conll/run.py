@@ -163,6 +163,8 @@ def report(args) -> None:
         ("finetune", "Fine-tuning from MLE (CoNLL-2000, test normalized Hamming error %)", FINETUNE_TABLE),
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
+    if args.grid != "finetune":
+        runner.report_diagnostics("conll")
     if rows:
         print("\n| run | test normalized Hamming % | chunk F1 | chunk F1 (fitted) | seqeval F1 (fitted) | "
               "length mismatches |\n|---|---|---|---|---|---|")

@@ -177,6 +177,7 @@ def report(args) -> None:
     if paired:
         print("\nTable 1 minimum, paired by seed with MLE (p: exact two-sided sign-flip permutation test)")
         print(runner.format_paired(paired, "MLE"))
+    runner.report_diagnostics("ocr")
     if rows:
         plot = runner.plot_results(results, rows, "OCR: validation Hamming error per word",
                                    configs=[c for c, _ in TABLE1_MAIN])

@@ -115,6 +115,7 @@ def main():
         ("table2", f"Table 2 ({task})", [c for c, _ in TABLE2]),
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
+    runner.report_diagnostics(task)
     if rows:
         runner.plot_results(experiment, rows, f"{task}: validation edit error")
 
