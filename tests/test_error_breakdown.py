@@ -53,3 +53,13 @@ def test_a_log_that_is_not_a_spelling_log_is_refused(tmp_path):
     path.write_text("S-0\ta b c\nT-0\ta b\nH-0\t-0.1\ta b\n")
     with pytest.raises(ValueError, match="not a spelling log"):
         error_breakdown.breakdown(error_breakdown.read_generate_log(str(path)))
+
+
+def test_a_spelling_results_row_keeps_the_breakdown_of_its_test_output():
+    from examples.spelling import run as spelling
+
+    fields = error_breakdown.row_fields(LOG.format(errors=3))
+    assert fields == {"wrong_length_pct": 33.33, "corrupted_left_wrong_pct": 50.0, "clean_made_wrong_pct": 12.5,
+                      "wrong_chars_clean_pct": 50.0}
+    row = {"config": "sLL policy", "seed": 2, "test_error": 25.0, **fields}
+    assert "| sLL policy | 2 | 25.00 | 33.3 | 50.0 | 12.50 | 50.0 |" in spelling.format_breakdowns([row, {"config": "MLE"}])

@@ -71,21 +71,36 @@ def _percent(part: int, whole: int) -> float:
 
 def read_generate_log(path: str) -> Dict[str, Dict[str, List[str]]]:
     """Sentence id -> {'S': source, 'T': reference, 'H': hypothesis}, each a list of symbols."""
-    sentences: Dict[str, Dict[str, List[str]]] = {}
     with open(path, encoding="utf-8") as log:
-        for line in log:
-            fields = line.rstrip("\n").split("\t")
-            kind, _, sentence_id = fields[0].partition("-")
-            if kind not in ("S", "T", "H") or not sentence_id.isdigit():
-                continue
-            # H lines carry the score first: H-id, score, text.
-            text_field = 2 if kind == "H" else 1
-            text = fields[text_field] if len(fields) > text_field else ""
-            sentences.setdefault(sentence_id, {})[kind] = text.split()
+        return read_generate_output(log.read(), path)
+
+
+def read_generate_output(output: str, origin: str = "fairseq-generate's output") -> Dict[str, Dict[str, List[str]]]:
+    sentences: Dict[str, Dict[str, List[str]]] = {}
+    for line in output.splitlines():
+        fields = line.split("\t")
+        kind, _, sentence_id = fields[0].partition("-")
+        if kind not in ("S", "T", "H") or not sentence_id.isdigit():
+            continue
+        # H lines carry the score first: H-id, score, text.
+        text_field = 2 if kind == "H" else 1
+        text = fields[text_field] if len(fields) > text_field else ""
+        sentences.setdefault(sentence_id, {})[kind] = text.split()
     incomplete = [i for i, parts in sentences.items() if len(parts) != 3]
     if incomplete:
-        raise ValueError(f"{path}: sentence(s) {incomplete[:5]} lack an S, T or H line")
+        raise ValueError(f"{origin}: sentence(s) {incomplete[:5]} lack an S, T or H line")
     return sentences
+
+
+# the fields a results row keeps (examples/spelling/run.py records them with every test)
+ROW_FIELDS = {"wrong_length_pct": "wrong_length_rate", "corrupted_left_wrong_pct": "missed_rate",
+              "clean_made_wrong_pct": "broken_rate", "wrong_chars_clean_pct": "broken_share"}
+
+
+def row_fields(output: str) -> Dict[str, float]:
+    """The breakdown of a test output as results-row fields (percent, 2 decimals)."""
+    result = breakdown(read_generate_output(output))
+    return {field: round(getattr(result, attribute), 2) for field, attribute in ROW_FIELDS.items()}
 
 
 def printed_errors(path: str):

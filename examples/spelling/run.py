@@ -34,6 +34,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from examples import finetuning, runner  # noqa: E402
+from examples.spelling import error_breakdown  # noqa: E402
 from examples.ocr.run import DECAYING_MLE_TERM, FINETUNE_BUDGET, TABLE1_MAIN, TABLE1_REST, TABLE2  # noqa: E402
 from examples.ocr.run import runs as table_runs  # noqa: E402
 
@@ -82,6 +83,20 @@ def report_finetune(experiment: runner.Experiment, task: str) -> None:
                       rescale_scratch=True)
 
 
+def format_breakdowns(rows: List[dict]) -> str:
+    """Where each run's test errors are (examples/spelling/error_breakdown.py), for the rows that hold it."""
+    broken_down = sorted((row for row in rows if "clean_made_wrong_pct" in row), key=lambda r: (r["config"], r["seed"]))
+    if not broken_down:
+        return ""
+    lines = ["\nWhere the test errors are (error_breakdown.py; rows recorded with it)",
+             "| config | seed | edit error (%) | outputs of the wrong length (%) | corrupted left wrong (%) | "
+             "clean made wrong (%) | of the wrong chars, clean (%) |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['config']} | {row['seed']} | {row['test_error']:.2f} | {row['wrong_length_pct']:.1f} | "
+              f"{row['corrupted_left_wrong_pct']:.1f} | {row['clean_made_wrong_pct']:.2f} | "
+              f"{row['wrong_chars_clean_pct']:.1f} |" for row in broken_down]
+    return "\n".join(lines)
+
+
 def main():
     parser = runner.common_arguments(__doc__)
     parser.add_argument("--noise", type=float, choices=[0.3, 0.5], required=True)
@@ -97,7 +112,7 @@ def main():
                                    scoring="edit", generate_flags=GENERATE,
                                    results=runner.results_file(args, task, grids_apart=["finetune"]),
                                    device=args.device, budget_hours=args.budget_hours,
-                                   snapshots=args.snapshot_dir)
+                                   snapshots=args.snapshot_dir, test_metrics=error_breakdown.row_fields)
     chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
     if args.snapshot:
         return runner.take_snapshots(args, experiment, chosen)
@@ -116,6 +131,7 @@ def main():
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     runner.report_diagnostics(task)
+    print(format_breakdowns([*rows, *runner.read_rows(runner.diagnostic_results(task)).values()]))
     if rows:
         runner.plot_results(experiment, rows, f"{task}: validation edit error")
 
