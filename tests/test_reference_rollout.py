@@ -385,3 +385,43 @@ def test_training_step_with_best_reference_rollouts(cost):
     loss, _, _ = crit(model, sample)
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def gap_between_the_two_roll_outs(cost):
+    """examples/reference_rollout_gap.py's measure on a tiny untrained model, whose roll-ins and
+    learned roll-outs are far from the references (mixed roll-out: both kinds of roll-out)."""
+    import tiny
+    from examples.reference_rollout_gap import measure
+
+    flags = ["--criterion", "searnn_ll", "--cost", cost, "--rollin", "learned", "--rollout", "mixed"]
+    task, model, copied = tiny.build("searnn_gru", [*flags, "--reference-rollout", "copy"], seed=2)
+    _, _, best = tiny.build("searnn_gru", [*flags, "--reference-rollout", "best"], seed=2)
+    batches = [tiny.batch(task.target_dictionary, tiny.random_pairs(8, seed=s)) for s in (1, 2)]
+    return measure(model, copied, best, batches)
+
+
+def test_the_gap_measure_finds_edit_costs_that_best_lowers_and_none_that_it_raises():
+    gap = gap_between_the_two_roll_outs("edit")
+    assert gap.reference_rollouts > 0 and gap.lowered > 0
+    assert gap.best_cost < gap.copy_cost  # per roll-out, best <= copy: test_edit_best_never_worse_than_copy
+
+
+def test_the_gap_measure_finds_no_gap_for_hamming_whose_best_is_the_copy():
+    gap = gap_between_the_two_roll_outs("hamming")
+    assert gap.reference_rollouts > 0
+    assert (gap.lowered, gap.target_changed, gap.copy_cost) == (0, 0, gap.best_cost)
+
+
+def test_the_gap_measure_refuses_searches_that_differ_beyond_their_costs():
+    import tiny
+    from examples.reference_rollout_gap import Gap
+
+    task, model, crit = tiny.build("searnn_gru", ["--criterion", "searnn_ll", "--cost", "edit",
+                                                  "--token-sampling", "uniform", "--sampled-tokens", "2"])
+    sample = tiny.batch(task.target_dictionary, tiny.random_pairs(8, seed=1))
+    torch.manual_seed(1)
+    first = crit.search(model, sample)
+    torch.manual_seed(2)
+    second = crit.search(model, sample)
+    with pytest.raises(RuntimeError, match="differ beyond"):
+        Gap().add(first, second)
