@@ -429,8 +429,9 @@ class SearnnGRUDecoder(FairseqIncrementalDecoder):
         # One nn.GRU serves both the whole-sequence pass (no attention, no input
         # feeding) and the step-by-step pass (a length-1 sequence per step), so both
         # use the same weights; on CPU a length-1 nn.GRU is as fast as a GRUCell loop.
+        aligned_size = encoder_output_units if aligned_input else 0
         self.gru = nn.GRU(
-            input_size=embed_dim + (encoder_output_units if aligned_input else 0) + (hidden_size if input_feeding else 0),
+            input_size=embed_dim + aligned_size + (hidden_size if input_feeding else 0),
             hidden_size=hidden_size,
             num_layers=num_layers,
             dropout=dropout if num_layers > 1 else 0.0,
