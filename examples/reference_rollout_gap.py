@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from searnn_fairseq.losses import target_slots  # noqa: E402
 from searnn_fairseq.rollout import SearchResult  # noqa: E402
 
 
@@ -64,8 +65,8 @@ class Gap:
 
 
 def least_cost_slot(result: SearchResult) -> torch.Tensor:
-    """Per cell, the slot of least cost (the first among ties: slot 0 is the ground truth)."""
-    return result.costs.masked_fill(~result.valid, float("inf")).argmin(dim=1)
+    """Per cell, LL's target slot, as the criterion picks it (slot 0 holds the ground truth)."""
+    return target_slots(result.costs, result.valid, torch.zeros_like(result.cells[:, 0]))
 
 
 def measure(model, copied_criterion, best_criterion, batches, seed: int = 1) -> Gap:
