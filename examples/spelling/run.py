@@ -131,7 +131,9 @@ def main():
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     runner.report_diagnostics(task)
-    print(format_breakdowns([*rows, *runner.read_rows(runner.diagnostic_results(task)).values()]))
+    # by run name: with --results TASK-diagnostics.jsonl the two files' rows are the same rows
+    shown = {row["run"]: row for row in [*rows, *runner.read_rows(runner.diagnostic_results(task)).values()]}
+    print(format_breakdowns(list(shown.values())))
     if rows:
         runner.plot_results(experiment, rows, f"{task}: validation edit error")
 
