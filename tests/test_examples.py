@@ -499,3 +499,21 @@ def test_the_main_job_says_when_searnn_first_reaches_mles_best_validation_error(
     assert "MLE trained for 81 s in all; SEARNN reaches it after 411 s of training (459 s in all)" in capsys.readouterr().out
     main_job.print_time_to_mle([mle, row("SEARNN LLCAS learned/mixed", [(100, 7.0)])])
     assert "SEARNN never reaches it (100 s in all)" in capsys.readouterr().out
+
+
+def test_every_searnn_row_of_every_example_grid_builds_its_criterion():
+    """A grid row with options its criterion refuses fails only when its run starts, maybe hours
+    into a chain of runs: build every row's criterion here instead."""
+    import tiny
+    from examples.conll import run as conll_run
+    from examples.mt import run as mt_run
+    from examples.ocr import run as ocr_run
+    from examples.spelling import run as spelling_run
+
+    rows = {run.config: run.flags for module in (ocr_run, spelling_run, conll_run)
+            for grid in ("all", "finetune") for run in module.runs(grid)}
+    rows.update((config, flags) for config, flags in mt_run.FINETUNE_ROWS + mt_run.DIAGNOSTIC_ROWS
+                if "--criterion" in flags)
+    assert {"LLCAS learned/mixed", "sLLCAS policy", "KL reference roll-in + MLE"} <= set(rows)
+    for config, flags in rows.items():
+        tiny.build("searnn_gru", flags)  # raises on options the criterion refuses
