@@ -316,6 +316,25 @@ def test_the_finetune_grid_starts_each_seed_from_table_1s_mle_run():
         assert vars(parsed.parse_known_args(command)[0]) == {"max_epoch": 10, "patience": 3}
 
 
+def test_every_grid_row_reads_the_aligned_input_and_the_paper_decoder_is_recorded_apart():
+    for grid in ("all", "finetune"):
+        assert all(run.flags[-1:] == conll_run.ALIGNED_DECODER for run in conll_run.runs(grid))
+        assert not any("--decoder-aligned-input" in run.flags for run in conll_run.runs(grid, decoder=[]))
+    aligned, paper = conll_run.arguments([]), conll_run.arguments(["--paper-decoder"])
+    assert (conll_run.decoder_flags(aligned), conll_run.decoder_flags(paper)) == (conll_run.ALIGNED_DECODER, [])
+    # apart in results, snapshots and run directories: a run of one decoder never resumes from the
+    # other's checkpoint (their run names are the same)
+    for args, key in ((aligned, "conll"), (paper, "conll-paper-decoder")):
+        experiment = conll_run.experiment(args, "DATA")
+        assert experiment.task == key
+        assert experiment.results == runner.default_results(key)
+        assert args.work_dir == os.path.join(REPO, "runs", key)
+    finetune = conll_run.experiment(conll_run.arguments(["--paper-decoder", "--grid", "finetune"]), "DATA")
+    assert finetune.results == runner.default_results("conll-paper-decoder-finetune")
+    diagnostic = conll_run.experiment(conll_run.arguments(["--paper-decoder", "--extra-flags=--clip-norm 5"]), "DATA")
+    assert diagnostic.results == runner.default_results("conll-paper-decoder-diagnostics")
+
+
 def test_train_and_generate_with_chunk_f1_agree_with_seqeval(conll_data, tmp_path):
     """A tiny searnn_gru_conll: MLE for 300 updates, then searnn_ll from it; chunk F1 of its test
     predictions by fairseq-generate --scoring chunk_f1, by the example's scorer on the raw tags,

@@ -5,13 +5,16 @@
     python examples/conll/run.py --grid table2    # + LL and LLCAS with policy sampling (5 tokens), seed 1
     python examples/conll/run.py --grid finetune  # MLE, then LL or more MLE from its best checkpoint
     python examples/conll/run.py --report         # the tables and the plot (with --grid finetune: its own)
+    python examples/conll/run.py --paper-decoder  # any of the above with appendix B's decoder, results apart
 
 Data: ``--data-root``/conll2000/{train,test}.txt.gz (or $SEARNN_DATA), made once into
 ``--work-dir``/data by preprocessing/conll.py: lower-cased words with numbers as ``<NUM>`` (the
 training words seen at least twice: SENNA's embeddings are not available here), POS tags as the
 source factor, 1,000 training sentences (seed 1) held out for validation. Model: searnn_gru_conll
 (appendix B: 50-d words + 44-d POS tags, 2-layer bidirectional GRU 172 encoder, 2-layer GRU 172
-decoder, attention, input feeding, dropout 0.3).
+decoder, attention, input feeding, dropout 0.3), whose decoder also reads the encoder output at its
+own position (``--decoder-aligned-input``, see ALIGNED_DECODER); ``--paper-decoder`` drops that
+input and records into conll-paper-decoder*.jsonl, with runs in runs/conll-paper-decoder.
 
 Optimisation, the same for every run: Adam with learning rate 1e-3, batch 64, at most ``MAX_EPOCH``
 epochs, early stop after ``PATIENCE`` epochs without a better validation error (normalized Hamming,
@@ -22,7 +25,7 @@ rows search with SEARCH (sampled tokens and cells: see below why). Test: ``fairs
 chunk F1 (conlleval's figure) of the same hypotheses against the original test tags, computed twice:
 by the plugin's ``chunk_f1`` scorer and by ``seqeval`` (an independent implementation of conlleval),
 on hypotheses cut or padded with ``O`` to the reference length as conlleval needs them. Resumable;
-results go to examples/results/conll.jsonl.
+results go to examples/results/conll.jsonl (``--grid finetune``: conll-finetune.jsonl).
 """
 
 import os
@@ -47,6 +50,12 @@ COMMON = [
     "--max-epoch", str(MAX_EPOCH), "--patience", str(PATIENCE), "--log-interval", "50",
 ]
 GENERATE = [*TASK, *LENGTH_CAP]
+# Appendix B's decoder finds each tag's word by attention alone; a tagger is given it. With attention
+# alone MLE's test error was 5.87-7.20% over 3 seeds (47 outputs of the wrong length on seed 1) and
+# LL from scratch collapsed to 15.96% (439); with the encoder output at the decoder's own position
+# as well, MLE's seed 1 is at 4.58% with none and LL's at 4.77% with 4 (examples/README.md, Chunking).
+# Every grid row has it; ``--paper-decoder`` runs the same grids without it, recorded apart.
+ALIGNED_DECODER = ["--decoder-aligned-input"]
 # All tokens and cells would roll out 22 tags x ~24 cells per sentence (benchmarks/step_time.py,
 # configs 6 and 7): too slow for a run of about 2.5 hours on one core, so the SEARNN rows sample
 # tokens from the model's policy and cells uniformly.
@@ -88,23 +97,36 @@ def prepare(data_root: str, work_dir: str) -> str:
     return data
 
 
-def finetune_runs(seeds: Optional[List[int]] = None) -> List[runner.Run]:
+def finetune_runs(seeds: Optional[List[int]] = None, decoder: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
     """MLE (Table 1's runs, tested again into the fine-tuning file), then each FINETUNE row from its
     best checkpoint, per seed (default 1-3)."""
-    return finetuning.mle_then(FINETUNE, seeds or [1, 2, 3], dict(TABLE1)["MLE"])
+    rows = [(config, [*flags, *decoder]) for config, flags in FINETUNE]
+    return finetuning.mle_then(rows, seeds or [1, 2, 3], [*dict(TABLE1)["MLE"], *decoder])
 
 
-def runs(grid: str, seeds: Optional[List[int]] = None) -> List[runner.Run]:
+def runs(grid: str, seeds: Optional[List[int]] = None, decoder: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
+    """A grid's runs, each row's flags followed by the decoder's (ALIGNED_DECODER, or none for
+    appendix B's decoder)."""
     if grid == "finetune":
-        return finetune_runs(seeds)
+        return finetune_runs(seeds, decoder)
     minimum_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
-    chosen = [runner.Run(config, seed, flags) for config, flags in TABLE1_MAIN for seed in minimum_seeds]
+    chosen = [runner.Run(config, seed, [*flags, *decoder]) for config, flags in TABLE1_MAIN for seed in minimum_seeds]
     if grid in ("table1", "all"):
-        chosen += [runner.Run(config, seed, flags) for config, flags in TABLE1 if (config, flags) not in TABLE1_MAIN
-                   for seed in rest_seeds]
+        chosen += [runner.Run(config, seed, [*flags, *decoder]) for config, flags in TABLE1
+                   if (config, flags) not in TABLE1_MAIN for seed in rest_seeds]
     if grid in ("table2", "all"):
-        chosen += [runner.Run(config, seed, flags, group="table2") for config, flags in TABLE2 for seed in rest_seeds]
+        chosen += [runner.Run(config, seed, [*flags, *decoder], group="table2") for config, flags in TABLE2
+                   for seed in rest_seeds]
     return chosen
+
+
+def results_key(args) -> str:
+    """Where a decoder's runs are recorded (results/KEY*.jsonl), snapshotted and, by default, trained (runs/KEY)."""
+    return "conll-paper-decoder" if args.paper_decoder else "conll"
+
+
+def decoder_flags(args) -> List[str]:
+    return [] if args.paper_decoder else ALIGNED_DECODER
 
 
 # ---------------------------------------------------------------- chunk F1 of the test hypotheses
@@ -150,9 +172,9 @@ def test_references(data: str) -> List[str]:
 
 def experiment(args, data: str) -> runner.Experiment:
     return runner.Experiment(
-        task="conll", data=data, work_dir=args.work_dir, common=runner.capped(COMMON, args.stop_time_hours),
+        task=results_key(args), data=data, work_dir=args.work_dir, common=runner.capped(COMMON, args.stop_time_hours),
         scoring="hamming", generate_flags=GENERATE, device=args.device,
-        results=runner.results_file(args, "conll", grids_apart=["finetune"]),
+        results=runner.results_file(args, results_key(args), grids_apart=["finetune"]),
         budget_hours=args.budget_hours, snapshots=args.snapshot_dir,
         test_metrics=(lambda output: chunk_scores(output, test_references(data))) if data else None,
     )
@@ -167,7 +189,7 @@ def report(args) -> None:
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     if args.grid != "finetune":
-        runner.report_diagnostics("conll")
+        runner.report_diagnostics(results_key(args))
     if rows:
         print("\n| run | test normalized Hamming % | chunk F1 | chunk F1 (fitted) | seqeval F1 (fitted) | "
               "length mismatches |\n|---|---|---|---|---|---|")
@@ -181,13 +203,22 @@ def report(args) -> None:
         print(f"\nplot: {plot}")
 
 
-def main():
+def arguments(argv: Optional[List[str]] = None):
     parser = runner.common_arguments(__doc__)
-    parser.add_argument("--work-dir", default=os.path.join(runner.REPO, "runs", "conll"))
+    parser.add_argument("--work-dir", help="data and runs (default: runs/conll, with --paper-decoder runs/conll-paper-decoder)")
     parser.add_argument("--grid", choices=["main", "table1", "table2", "all", "finetune"], default="main")
+    parser.add_argument("--paper-decoder", action="store_true",
+                        help="appendix B's decoder, attention alone (without --decoder-aligned-input); "
+                             "results in examples/results/conll-paper-decoder*.jsonl")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
-    args = runner.parse_arguments(parser)
-    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds))
+    args = runner.parse_arguments(parser, argv)
+    args.work_dir = args.work_dir or os.path.join(runner.REPO, "runs", results_key(args))
+    return args
+
+
+def main():
+    args = arguments()
+    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds, decoder_flags(args)))
     data = os.path.join(args.work_dir, "data")
     if args.snapshot:
         return runner.take_snapshots(args, experiment(args, data), chosen)
