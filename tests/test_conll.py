@@ -193,6 +193,17 @@ def test_chunk_scores_fit_hypotheses_to_the_reference_length():
     assert scores["chunk_f1_fitted"] == scores["seqeval_f1_fitted"] == pytest.approx(round(100 * 2 * 3 / (3 + 4), 2))
 
 
+def test_tag_errors_are_split_by_whether_the_word_is_in_the_dictionary():
+    gold = [["B-NP", "I-NP", "B-VP"], ["B-PP", "B-NP"]]
+    hyps = [["B-NP", "B-NP", "B-VP"], ["O", "B-NP"]]
+    words = [["the", "zorp", "ran"], ["of", "glim"]]
+    errors = conll_run.tag_errors_by_dictionary(gold, hyps, words, {"the", "ran", "of"})
+    # known: the, ran, of (1 wrong of 3); unknown: zorp, glim (1 wrong of 2)
+    assert errors == {"tag_error_known_words": 33.33, "tag_error_unknown_words": 50.0, "unknown_word_share": 40.0}
+    with pytest.raises(ValueError, match="a sentence of 2 words has 3 tags"):
+        conll_run.tag_errors_by_dictionary(gold, hyps, [["the", "ran"], ["of", "glim"]], {"the"})
+
+
 # ---------------------------------------------------------------- the two-stream source
 
 
@@ -357,7 +368,7 @@ def test_train_and_generate_with_chunk_f1_agree_with_seqeval(conll_data, tmp_pat
                "--beam", "1", "--batch-size", "512", "--scoring", "chunk_f1", "--cpu"])
     line = re.search(r"CHUNK_F1 = ([0-9.]+) \(precision ([0-9.]+), recall ([0-9.]+); (\d+) correct", out)
     assert line, out[-2000:]
-    scores = conll_run.chunk_scores(out, conll_run.test_references(str(conll_data)))
+    scores = conll_run.test_metrics(str(conll_data))(out)
     # the scorer in fairseq-generate (T- lines: <unk> for the 2 I-LST tags) and on the raw tags
     assert abs(float(line.group(1)) - scores["chunk_f1"]) < 0.05
     # conlleval's rules, implemented twice, on the model's predictions
@@ -365,3 +376,5 @@ def test_train_and_generate_with_chunk_f1_agree_with_seqeval(conll_data, tmp_pat
     # thousands of chunks, right and wrong ones: the comparison is not vacuous
     predicted = int(re.search(r"of (\d+) predicted", out).group(1))
     assert int(line.group(4)) > 500 and predicted - int(line.group(4)) > 500, line.group(0)
+    # test words outside the training words seen twice (7,855 of them)
+    assert scores["unknown_word_share"] == 8.52

@@ -31,7 +31,7 @@ results go to examples/results/conll.jsonl (``--grid finetune``: conll-finetune.
 import os
 import subprocess
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional, Set
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -137,9 +137,28 @@ def fitted(hypothesis: List[str], length: int) -> List[str]:
     return (hypothesis + ["O"] * length)[:length]
 
 
-def chunk_scores(output: str, references: List[str]) -> dict:
+def tag_errors_by_dictionary(gold: List[List[str]], hyps: List[List[str]], words: List[List[str]],
+                             dictionary: Set[str]) -> dict:
+    """Tag error (%) of fitted hypotheses on the words in the model's dictionary and on the others,
+    which it reads as <unk>, and the others' share of the tokens."""
+    wrong, total = {True: 0, False: 0}, {True: 0, False: 0}
+    for sentence, tags, hyp in zip(words, gold, hyps):
+        if len(sentence) != len(tags):
+            raise ValueError(f"a sentence of {len(sentence)} words has {len(tags)} tags")
+        for word, tag, predicted in zip(sentence, tags, hyp):
+            wrong[word in dictionary] += tag != predicted
+            total[word in dictionary] += 1
+    percent = lambda a, b: round(100 * a / b, 2) if b else float("nan")  # noqa: E731
+    return {"tag_error_known_words": percent(wrong[True], total[True]),
+            "tag_error_unknown_words": percent(wrong[False], total[False]),
+            "unknown_word_share": percent(total[False], total[True] + total[False])}
+
+
+def chunk_scores(output: str, references: List[str], words: Optional[List[str]] = None,
+                 dictionary: Optional[Set[str]] = None) -> dict:
     """Chunk F1 of fairseq-generate's hypotheses against the original tags, by the plugin's scorer
-    (as they are, and fitted to the reference length) and by seqeval (fitted, as conlleval needs)."""
+    (as they are, and fitted to the reference length) and by seqeval (fitted, as conlleval needs);
+    with the source ``words`` and the model's ``dictionary``, the tag error on known and unknown words."""
     from seqeval.metrics import f1_score
 
     from searnn_fairseq.scoring import ChunkF1Scorer
@@ -155,7 +174,10 @@ def chunk_scores(output: str, references: List[str]) -> dict:
         fitted_scorer.add_string(reference, " ".join(fitted(hyp, len(tags))))
         gold.append(tags)
         fitted_hyps.append(fitted(hyp, len(tags)))
+    by_dictionary = {} if words is None else tag_errors_by_dictionary(
+        gold, fitted_hyps, [sentence.split() for sentence in words], dictionary)
     return {
+        **by_dictionary,
         "chunk_f1": round(as_is.score(), 2),
         "chunk_precision": round(as_is.precision(), 2),
         "chunk_recall": round(as_is.recall(), 2),
@@ -165,9 +187,20 @@ def chunk_scores(output: str, references: List[str]) -> dict:
     }
 
 
-def test_references(data: str) -> List[str]:
-    with open(os.path.join(data, "raw", "test.chunk"), encoding="utf-8") as f:
+def test_lines(data: str, stream: str) -> List[str]:
+    """The test set's tags ("chunk", the original ones) or words ("words", as the model reads them)."""
+    with open(os.path.join(data, "raw", f"test.{stream}"), encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f]
+
+
+def word_dictionary(data: str) -> Set[str]:
+    with open(os.path.join(data, "dict.words.txt"), encoding="utf-8") as f:
+        return {line.split()[0] for line in f}
+
+
+def test_metrics(data: str) -> Callable[[str], dict]:
+    return lambda output: chunk_scores(output, test_lines(data, "chunk"), test_lines(data, "words"),
+                                       word_dictionary(data))
 
 
 def experiment(args, data: str) -> runner.Experiment:
@@ -176,7 +209,7 @@ def experiment(args, data: str) -> runner.Experiment:
         scoring="hamming", generate_flags=GENERATE, device=args.device,
         results=runner.results_file(args, results_key(args), grids_apart=["finetune"]),
         budget_hours=args.budget_hours, snapshots=args.snapshot_dir,
-        test_metrics=(lambda output: chunk_scores(output, test_references(data))) if data else None,
+        test_metrics=test_metrics(data) if data else None,
     )
 
 
