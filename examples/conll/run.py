@@ -222,14 +222,19 @@ def report(args) -> None:
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     if args.grid != "finetune":
+        paired = runner.paired_against(rows, "MLE", [c for c, _ in TABLE1_MAIN if c != "MLE"], group="table1")
+        if paired:
+            print("\nTable 1 minimum, paired by seed with MLE (p: exact two-sided sign-flip permutation test)")
+            print(runner.format_paired(paired, "MLE"))
         runner.report_diagnostics(results_key(args))
     if rows:
         print("\n| run | test normalized Hamming % | chunk F1 | chunk F1 (fitted) | seqeval F1 (fitted) | "
-              "length mismatches |\n|---|---|---|---|---|---|")
+              "length mismatches | tag error %, known / unknown words |\n|---|---|---|---|---|---|---|")
         for row in sorted(rows, key=lambda r: (r["config"], r["seed"])):
             print(f"| {row['run']} | {row['test_error']:.2f} | {row.get('chunk_f1', float('nan')):.2f} | "
                   f"{row.get('chunk_f1_fitted', float('nan')):.2f} | {row.get('seqeval_f1_fitted', float('nan')):.2f} | "
-                  f"{row.get('length_mismatches', '')} |")
+                  f"{row.get('length_mismatches', '')} | {row.get('tag_error_known_words', float('nan')):.2f} / "
+                  f"{row.get('tag_error_unknown_words', float('nan')):.2f} |")
         plot = runner.plot_results(experiment(args, ""), rows, "CoNLL-2000: validation normalized Hamming error",
                                    configs=FINETUNE_TABLE if args.grid == "finetune"
                                    else [c for c, _ in TABLE1_MAIN])
