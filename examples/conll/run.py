@@ -53,7 +53,7 @@ GENERATE = [*TASK, *LENGTH_CAP]
 # Appendix B's decoder finds each tag's word by attention alone; a tagger is given it. With attention
 # alone MLE's test error was 5.87-7.20% over 3 seeds (47 outputs of the wrong length on seed 1) and
 # LL from scratch collapsed to 15.96% (439); with the encoder output at the decoder's own position
-# as well, MLE's seed 1 is at 4.58% with none and LL's at 4.77% with 4 (examples/README.md, Chunking).
+# as well, MLE is at 4.58-4.91% with none and LL at 4.55-4.77% (examples/README.md, Chunking).
 # Every grid row has it; ``--paper-decoder`` runs the same grids without it, recorded apart.
 ALIGNED_DECODER = ["--decoder-aligned-input"]
 # All tokens and cells would roll out 22 tags x ~24 cells per sentence (benchmarks/step_time.py,
