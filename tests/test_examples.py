@@ -510,10 +510,12 @@ def test_every_searnn_row_of_every_example_grid_builds_its_criterion():
     from examples.ocr import run as ocr_run
     from examples.spelling import run as spelling_run
 
-    rows = {run.config: run.flags for module in (ocr_run, spelling_run, conll_run)
+    # keyed by example too: OCR and CoNLL share row names ("LLCAS learned/mixed") with other flags
+    rows = {(module.__name__, run.config): run.flags for module in (ocr_run, spelling_run, conll_run)
             for grid in ("all", "finetune") for run in module.runs(grid)}
-    rows.update((config, flags) for config, flags in mt_run.FINETUNE_ROWS + mt_run.DIAGNOSTIC_ROWS
+    rows.update(((mt_run.__name__, config), flags) for config, flags in mt_run.FINETUNE_ROWS + mt_run.DIAGNOSTIC_ROWS
                 if "--criterion" in flags)
-    assert {"LLCAS learned/mixed", "sLLCAS policy", "KL reference roll-in + MLE"} <= set(rows)
-    for config, flags in rows.items():
+    assert {"LLCAS learned/mixed", "sLLCAS policy", "KL reference roll-in + MLE"} <= {config for _, config in rows}
+    assert ("examples.ocr.run", "LLCAS learned/mixed") in rows and ("examples.conll.run", "LLCAS learned/mixed") in rows
+    for flags in rows.values():
         tiny.build("searnn_gru", flags)  # raises on options the criterion refuses
