@@ -798,6 +798,14 @@ def paired_diagnostics(diagnostics: List[dict], rows: List[dict], baseline: str)
     return paired
 
 
+def report_paired(rows: List[dict], configs: List[str], baseline: str = "MLE") -> None:
+    """Print Table 1's minimum rows paired by seed with the baseline (the OCR and CoNLL reports)."""
+    paired = paired_against(rows, baseline, configs, group="table1")
+    if paired:
+        print(f"\nTable 1 minimum, paired by seed with {baseline} (p: exact two-sided sign-flip permutation test)")
+        print(format_paired(paired, baseline))
+
+
 def format_paired_diagnostics(paired: List[dict]) -> str:
     lines = ["| diagnostic | against | seeds | mean difference (points) | relative | seeds lower | p (paired, exact) |",
              "|---|---|---|---|---|---|---|"]

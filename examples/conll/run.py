@@ -222,10 +222,7 @@ def report(args) -> None:
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
     if args.grid != "finetune":
-        paired = runner.paired_against(rows, "MLE", [c for c, _ in TABLE1_MAIN if c != "MLE"], group="table1")
-        if paired:
-            print("\nTable 1 minimum, paired by seed with MLE (p: exact two-sided sign-flip permutation test)")
-            print(runner.format_paired(paired, "MLE"))
+        runner.report_paired(rows, [c for c, _ in TABLE1_MAIN if c != "MLE"])
         runner.report_diagnostics(results_key(args))
     if rows:
         print("\n| run | test normalized Hamming % | chunk F1 | chunk F1 (fitted) | seqeval F1 (fitted) | "

@@ -172,11 +172,7 @@ def report(args) -> None:
         ("table2", "Table 2 (OCR, 5 tokens per cell)", [c for c, _ in TABLE2]),
         ("diagnostic", "Diagnostics (--extra-flags)", None),
     ]))
-    searnn = [c for c, _ in TABLE1_MAIN if c != "MLE"]
-    paired = runner.paired_against(rows, "MLE", searnn, group="table1")
-    if paired:
-        print("\nTable 1 minimum, paired by seed with MLE (p: exact two-sided sign-flip permutation test)")
-        print(runner.format_paired(paired, "MLE"))
+    runner.report_paired(rows, [c for c, _ in TABLE1_MAIN if c != "MLE"])
     runner.report_diagnostics("ocr")
     if rows:
         plot = runner.plot_results(results, rows, "OCR: validation Hamming error per word",
