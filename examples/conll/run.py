@@ -31,7 +31,7 @@ results go to examples/results/conll.jsonl (``--grid finetune``: conll-finetune.
 import os
 import subprocess
 import sys
-from typing import Callable, List, Optional, Set
+from typing import Callable, List, Optional, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -97,27 +97,32 @@ def prepare(data_root: str, work_dir: str) -> str:
     return data
 
 
+def with_decoder(rows: List[Tuple[str, List[str]]], decoder: List[str]) -> List[Tuple[str, List[str]]]:
+    """Each (config, flags) row with the decoder's flags after its own (the order recorded rows match)."""
+    return [(config, [*flags, *decoder]) for config, flags in rows]
+
+
 def finetune_runs(seeds: Optional[List[int]] = None, decoder: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
     """MLE (Table 1's runs, tested again into the fine-tuning file), then each FINETUNE row from its
     best checkpoint, per seed (default 1-3)."""
-    rows = [(config, [*flags, *decoder]) for config, flags in FINETUNE]
-    return finetuning.mle_then(rows, seeds or [1, 2, 3], [*dict(TABLE1)["MLE"], *decoder])
+    return finetuning.mle_then(with_decoder(FINETUNE, decoder), seeds or [1, 2, 3], [*dict(TABLE1)["MLE"], *decoder])
 
 
 def runs(grid: str, seeds: Optional[List[int]] = None, decoder: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
     """A grid's runs, each row's flags followed by the decoder's (ALIGNED_DECODER, or none for
-    appendix B's decoder)."""
+    appendix B's decoder): Table 1's main rows on ``seeds`` (default 1-3), the other tables' rows on
+    ``seeds`` (default 1)."""
     if grid == "finetune":
         return finetune_runs(seeds, decoder)
-    minimum_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
-    chosen = [runner.Run(config, seed, [*flags, *decoder]) for config, flags in TABLE1_MAIN for seed in minimum_seeds]
+    main_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
+    tables = [(TABLE1_MAIN, main_seeds, "table1")]
     if grid in ("table1", "all"):
-        chosen += [runner.Run(config, seed, [*flags, *decoder]) for config, flags in TABLE1
-                   if (config, flags) not in TABLE1_MAIN for seed in rest_seeds]
+        tables.append(([row for row in TABLE1 if row not in TABLE1_MAIN], rest_seeds, "table1"))
     if grid in ("table2", "all"):
-        chosen += [runner.Run(config, seed, [*flags, *decoder], group="table2") for config, flags in TABLE2
-                   for seed in rest_seeds]
-    return chosen
+        tables.append((TABLE2, rest_seeds, "table2"))
+    return [runner.Run(config, seed, flags, group=group)
+            for rows, table_seeds, group in tables
+            for config, flags in with_decoder(rows, decoder) for seed in table_seeds]
 
 
 def results_key(args) -> str:
