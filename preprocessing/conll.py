@@ -20,7 +20,10 @@ predicts the chunk tags (``--task factored_translation -s words -t chunk --sourc
   GloVe's, words looked up lower-cased, an optional ``count dim`` header line) also keeps every
   training word that has a vector and writes the vectors of the dictionary to
   ``embeddings.words.txt`` (with a header line, as fairseq reads it), for the model's
-  ``--encoder-embed-path``.
+  ``--encoder-embed-path``; with ``--all-pretrained-words`` every word of the file joins the
+  dictionary, so that a test word training lacks is read through its vector, not as ``<unk>``.
+  Without SENNA or GloVe, preprocessing/word_vectors.py makes vectors from the English text in
+  ``../shared/data/english_text``.
 - POS and chunk dictionaries: the tags of the training file. A test tag the training file lacks
   (CoNLL-2000's test has ``I-LST``, which its training file does not) becomes ``<unk>``;
   ``meta.json`` counts such tokens.
@@ -165,10 +168,14 @@ def read_embeddings(path: str) -> Dict[str, str]:
     return vectors
 
 
-def word_dictionary(train: List[Sentence], min_count: int, pretrained: Optional[Dict[str, str]]) -> List[tuple]:
-    """(word, count) of the dictionary, most frequent first (fairseq's dict.txt order)."""
+def word_dictionary(train: List[Sentence], min_count: int, pretrained: Optional[Dict[str, str]],
+                    all_pretrained: bool = False) -> List[tuple]:
+    """(word, count) of the dictionary, most frequent first (fairseq's dict.txt order); with
+    ``all_pretrained``, every word of ``pretrained`` too (count 0 where training lacks it)."""
     counts = collections.Counter(w for s in train for w in s.words)
     keep = [(w, c) for w, c in counts.items() if c >= min_count or (pretrained is not None and w in pretrained)]
+    if all_pretrained:
+        keep += [(w, 0) for w in pretrained if w not in counts]
     return sorted(keep, key=lambda item: (-item[1], item[0]))
 
 
@@ -236,10 +243,13 @@ def prepare(
     split_seed: int = 1,
     min_count: int = 2,
     pretrained_embeddings: Optional[str] = None,
+    all_pretrained_words: bool = False,
     force: bool = False,
 ) -> dict:
     if min_count < 1:
         raise ValueError(f"--min-count must be at least 1, got {min_count}")
+    if all_pretrained_words and not pretrained_embeddings:
+        raise ValueError("--all-pretrained-words needs --pretrained-embeddings")
     train, test = read_conll(train_path), read_conll(test_path)
     if valid_path:
         valid = read_conll(valid_path)
@@ -248,7 +258,7 @@ def prepare(
     corpus = {split: [normalise(s) for s in sentences] for split, sentences in
               (("train", train), ("valid", valid), ("test", test))}
     pretrained = read_embeddings(pretrained_embeddings) if pretrained_embeddings else None
-    words = word_dictionary(corpus["train"], min_count, pretrained)
+    words = word_dictionary(corpus["train"], min_count, pretrained, all_pretrained_words)
 
     def build(tmp: str) -> None:
         raw = os.path.join(tmp, "raw")
@@ -276,6 +286,7 @@ def prepare(
                        {"from": "train", "sentences": valid_size, "seed": split_seed}),
         "words": {"lower_cased": True, "numbers": NUMBER_TOKEN, "min_count": min_count,
                   "pretrained_embeddings": os.path.abspath(pretrained_embeddings) if pretrained_embeddings else None,
+                  "all_pretrained_words": all_pretrained_words,
                   "dictionary_size": len(words),
                   "training_words": len({w for s in corpus["train"] for w in s.words})},
         "splits": {split: {"sentences": len(s), "tokens": sum(len(x.words) for x in s),
@@ -301,12 +312,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pretrained-embeddings", metavar="FILE",
                         help="'word v1 v2 ...' text file: its training words join the dictionary, and their vectors "
                         "are written to DEST/embeddings.words.txt for --encoder-embed-path")
+    parser.add_argument("--all-pretrained-words", action="store_true",
+                        help="every word of --pretrained-embeddings joins the dictionary, not only the training "
+                        "ones: a test word that training lacks is read through its vector instead of as <unk>")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     args = parser.parse_args(argv)
     try:
         meta = prepare(args.dest, args.train, args.test, valid_path=args.valid, valid_size=args.valid_size,
                        split_seed=args.split_seed, min_count=args.min_count,
-                       pretrained_embeddings=args.pretrained_embeddings, force=args.force)
+                       pretrained_embeddings=args.pretrained_embeddings,
+                       all_pretrained_words=args.all_pretrained_words, force=args.force)
     except (ConllFormatError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

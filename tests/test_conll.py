@@ -124,6 +124,14 @@ def test_min_count_and_pretrained_embeddings(tmp_path):
     assert lines[0] == "2 2" and sorted(lines[1:]) == ["cat0 1 2", "sat 0.5 0.5"]
     assert meta["words"]["with_pretrained_vector"] == 2
 
+    meta = conll.prepare(str(tmp_path / "all"), train, test, valid_size=2, min_count=100,
+                         pretrained_embeddings=str(vectors), all_pretrained_words=True)
+    words = [line.split() for line in (tmp_path / "all" / "dict.words.txt").read_text().splitlines()]
+    assert sorted(w for w, _ in words) == ["cat0", "sat", "zebra"] and dict(words)["zebra"] == "0"
+    assert meta["words"]["with_pretrained_vector"] == 3
+    with pytest.raises(ValueError, match="needs --pretrained-embeddings"):
+        conll.prepare(str(tmp_path / "none"), train, test, valid_size=2, all_pretrained_words=True)
+
 
 def test_staged_conll2000_counts(conll_data):
     import json
