@@ -335,15 +335,20 @@ def test_the_finetune_grid_starts_each_seed_from_table_1s_mle_run():
         assert vars(parsed.parse_known_args(command)[0]) == {"max_epoch": 10, "patience": 3}
 
 
-def test_every_grid_row_reads_the_aligned_input_and_the_paper_decoder_is_recorded_apart():
+def test_every_grid_row_reads_the_aligned_input_and_the_paper_decoder_and_the_vectors_are_recorded_apart():
     for grid in ("all", "finetune"):
         assert all(run.flags[-1:] == conll_run.ALIGNED_DECODER for run in conll_run.runs(grid))
-        assert not any("--decoder-aligned-input" in run.flags for run in conll_run.runs(grid, decoder=[]))
+        assert not any("--decoder-aligned-input" in run.flags for run in conll_run.runs(grid, model=[]))
     aligned, paper = conll_run.arguments([]), conll_run.arguments(["--paper-decoder"])
-    assert (conll_run.decoder_flags(aligned), conll_run.decoder_flags(paper)) == (conll_run.ALIGNED_DECODER, [])
-    # apart in results, snapshots and run directories: a run of one decoder never resumes from the
+    vectors, paper_vectors = (conll_run.arguments([*flags, "--word-vectors"]) for flags in ([], ["--paper-decoder"]))
+    assert (conll_run.model_flags(aligned), conll_run.model_flags(paper)) == (conll_run.ALIGNED_DECODER, [])
+    embeddings = os.path.join(REPO, "runs", "conll-vectors", "data", "embeddings.words.txt")
+    assert conll_run.model_flags(vectors) == [*conll_run.ALIGNED_DECODER, "--encoder-embed-path", embeddings]
+    assert vectors.word_vectors == conll_run.BUILT_VECTORS
+    # apart in results, snapshots and run directories: a run of one model never resumes from the
     # other's checkpoint (their run names are the same)
-    for args, key in ((aligned, "conll"), (paper, "conll-paper-decoder")):
+    for args, key in ((aligned, "conll"), (paper, "conll-paper-decoder"), (vectors, "conll-vectors"),
+                      (paper_vectors, "conll-paper-decoder-vectors")):
         experiment = conll_run.experiment(args, "DATA")
         assert experiment.task == key
         assert experiment.results == runner.default_results(key)
@@ -352,6 +357,16 @@ def test_every_grid_row_reads_the_aligned_input_and_the_paper_decoder_is_recorde
     assert finetune.results == runner.default_results("conll-paper-decoder-finetune")
     diagnostic = conll_run.experiment(conll_run.arguments(["--paper-decoder", "--extra-flags=--clip-norm 5"]), "DATA")
     assert diagnostic.results == runner.default_results("conll-paper-decoder-diagnostics")
+
+
+def test_prepare_refuses_data_made_with_other_word_vectors(tmp_path, monkeypatch):
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text('{"words": {"pretrained_embeddings": null}}')
+    monkeypatch.setattr(conll_run.subprocess, "run", lambda *a, **k: pytest.fail("the data exists: nothing to make"))
+    assert conll_run.prepare(str(tmp_path), str(tmp_path / "work")) == str(data)
+    with pytest.raises(SystemExit, match="made with word vectors None"):
+        conll_run.prepare(str(tmp_path), str(tmp_path / "work"), str(tmp_path / "vectors.txt"))
 
 
 def test_train_and_generate_with_chunk_f1_agree_with_seqeval(conll_data, tmp_path):

@@ -6,6 +6,7 @@
     python examples/conll/run.py --grid finetune  # MLE, then LL or more MLE from its best checkpoint
     python examples/conll/run.py --report         # the tables and the plot (with --grid finetune: its own)
     python examples/conll/run.py --paper-decoder  # any of the above with appendix B's decoder, results apart
+    python examples/conll/run.py --word-vectors   # any of the above reading word vectors, results apart
 
 Data: ``--data-root``/conll2000/{train,test}.txt.gz (or $SEARNN_DATA), made once into
 ``--work-dir``/data by preprocessing/conll.py: lower-cased words with numbers as ``<NUM>`` (the
@@ -15,6 +16,10 @@ source factor, 1,000 training sentences (seed 1) held out for validation. Model:
 decoder, attention, input feeding, dropout 0.3), whose decoder also reads the encoder output at its
 own position (``--decoder-aligned-input``, see ALIGNED_DECODER); ``--paper-decoder`` drops that
 input and records into conll-paper-decoder*.jsonl, with runs in runs/conll-paper-decoder.
+``--word-vectors [FILE]`` initialises the word embeddings from FILE (SENNA's, as appendix B does, or
+any ``word v1 ... v50`` file; alone, vectors made from ``--data-root``/english_text by
+preprocessing/word_vectors.py), every word with a vector in the dictionary; recorded in
+conll-vectors*.jsonl (conll-paper-decoder-vectors*.jsonl with both options), runs in runs/KEY.
 
 Optimisation, the same for every run: Adam with learning rate 1e-3, batch 64, at most ``MAX_EPOCH``
 epochs, early stop after ``PATIENCE`` epochs without a better validation error (normalized Hamming,
@@ -28,6 +33,7 @@ on hypotheses cut or padded with ``O`` to the reference length as conlleval need
 results go to examples/results/conll.jsonl (``--grid finetune``: conll-finetune.jsonl).
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -56,6 +62,11 @@ GENERATE = [*TASK, *LENGTH_CAP]
 # as well, MLE is at 4.58-4.91% with none and LL at 4.55-4.77% (examples/README.md, Chunking).
 # Every grid row has it; ``--paper-decoder`` runs the same grids without it, recorded apart.
 ALIGNED_DECODER = ["--decoder-aligned-input"]
+# ``--word-vectors``: appendix B starts from SENNA's embeddings, not available here; without a file,
+# vectors made from the English text at hand (BUILT_VECTORS, preprocessing/word_vectors.py). Every
+# word with a vector is in the dictionary, so that a test word training lacks is not <unk>.
+BUILT_VECTORS = "brown-abc"
+VECTORS_FLAG = "--encoder-embed-path"
 # All tokens and cells would roll out 22 tags x ~24 cells per sentence (benchmarks/step_time.py,
 # configs 6 and 7): too slow for a run of about 2.5 hours on one core, so the SEARNN rows sample
 # tokens from the model's policy and cells uniformly.
@@ -87,33 +98,56 @@ FINETUNE_TABLE = ["MLE", *(config for config, _ in FINETUNE)]
 CONLL_SAMPLED_SEARCH = [*dict(TABLE1)["LL learned/mixed"], "--cost", "normalized_hamming"]
 
 
-def prepare(data_root: str, work_dir: str) -> str:
+def prepare(data_root: str, work_dir: str, word_vectors: Optional[str] = None) -> str:
+    """The binarised data in ``work_dir``/data, made once; with ``word_vectors``, a dictionary of
+    every word that has a vector and the vectors for --encoder-embed-path (VECTORS_FLAG)."""
     data = os.path.join(work_dir, "data")
-    if not os.path.exists(os.path.join(data, "meta.json")):
+    meta = os.path.join(data, "meta.json")
+    vectors = word_vectors and vectors_file(data_root, work_dir, word_vectors)
+    if not os.path.exists(meta):
         source = os.path.join(data_root, "conll2000")
         subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "conll.py"), data,
-                        "--train", os.path.join(source, "train.txt.gz"), "--test", os.path.join(source, "test.txt.gz")],
+                        "--train", os.path.join(source, "train.txt.gz"), "--test", os.path.join(source, "test.txt.gz"),
+                        *(["--pretrained-embeddings", vectors, "--all-pretrained-words"] if vectors else [])],
                        check=True)
+    with open(meta, encoding="utf-8") as f:
+        made_with = json.load(f)["words"].get("pretrained_embeddings")
+    if made_with != (os.path.abspath(vectors) if vectors else None):
+        raise SystemExit(f"{data} was made with word vectors {made_with}, not {vectors}: "
+                         "give another --work-dir, or remove it to make it again")
     return data
 
 
-def with_decoder(rows: List[Tuple[str, List[str]]], decoder: List[str]) -> List[Tuple[str, List[str]]]:
-    """Each (config, flags) row with the decoder's flags after its own (the order recorded rows match)."""
-    return [(config, [*flags, *decoder]) for config, flags in rows]
+def vectors_file(data_root: str, work_dir: str, word_vectors: str) -> str:
+    """``word_vectors``, or for BUILT_VECTORS the vectors preprocessing/word_vectors.py makes (once)
+    from the Brown and ABC text of ``data_root``/english_text."""
+    if word_vectors != BUILT_VECTORS:
+        return word_vectors
+    path = os.path.join(work_dir, "brown-abc-50d.txt")
+    if not os.path.exists(path):
+        text = os.path.join(data_root, "english_text")
+        subprocess.run([sys.executable, os.path.join(runner.REPO, "preprocessing", "word_vectors.py"), path,
+                        "--brown", os.path.join(text, "brown.zip"), "--abc", os.path.join(text, "abc.zip")], check=True)
+    return path
 
 
-def finetune_runs(seeds: Optional[List[int]] = None, decoder: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
+def with_model(rows: List[Tuple[str, List[str]]], model: List[str]) -> List[Tuple[str, List[str]]]:
+    """Each (config, flags) row with the model's flags after its own (the order recorded rows match)."""
+    return [(config, [*flags, *model]) for config, flags in rows]
+
+
+def finetune_runs(seeds: Optional[List[int]] = None, model: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
     """MLE (Table 1's runs, tested again into the fine-tuning file), then each FINETUNE row from its
     best checkpoint, per seed (default 1-3)."""
-    return finetuning.mle_then(with_decoder(FINETUNE, decoder), seeds or [1, 2, 3], [*dict(TABLE1)["MLE"], *decoder])
+    return finetuning.mle_then(with_model(FINETUNE, model), seeds or [1, 2, 3], [*dict(TABLE1)["MLE"], *model])
 
 
-def runs(grid: str, seeds: Optional[List[int]] = None, decoder: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
-    """A grid's runs, each row's flags followed by the decoder's (ALIGNED_DECODER, or none for
-    appendix B's decoder): Table 1's main rows on ``seeds`` (default 1-3), the other tables' rows on
+def runs(grid: str, seeds: Optional[List[int]] = None, model: List[str] = ALIGNED_DECODER) -> List[runner.Run]:
+    """A grid's runs, each row's flags followed by the model's (model_flags: the decoder's input,
+    the word vectors): Table 1's main rows on ``seeds`` (default 1-3), the other tables' rows on
     ``seeds`` (default 1)."""
     if grid == "finetune":
-        return finetune_runs(seeds, decoder)
+        return finetune_runs(seeds, model)
     main_seeds, rest_seeds = (seeds, seeds) if seeds else ([1, 2, 3], [1])
     tables = [(TABLE1_MAIN, main_seeds, "table1")]
     if grid in ("table1", "all"):
@@ -122,16 +156,20 @@ def runs(grid: str, seeds: Optional[List[int]] = None, decoder: List[str] = ALIG
         tables.append((TABLE2, rest_seeds, "table2"))
     return [runner.Run(config, seed, flags, group=group)
             for rows, table_seeds, group in tables
-            for config, flags in with_decoder(rows, decoder) for seed in table_seeds]
+            for config, flags in with_model(rows, model) for seed in table_seeds]
 
 
 def results_key(args) -> str:
-    """Where a decoder's runs are recorded (results/KEY*.jsonl), snapshotted and, by default, trained (runs/KEY)."""
-    return "conll-paper-decoder" if args.paper_decoder else "conll"
+    """Where a model's runs are recorded (results/KEY*.jsonl), snapshotted and, by default, trained
+    (runs/KEY): conll, conll-paper-decoder, conll-vectors or conll-paper-decoder-vectors."""
+    return "conll" + ("-paper-decoder" if args.paper_decoder else "") + ("-vectors" if args.word_vectors else "")
 
 
-def decoder_flags(args) -> List[str]:
-    return [] if args.paper_decoder else ALIGNED_DECODER
+def model_flags(args) -> List[str]:
+    """The flags every row adds for the model: the decoder's input, and the word vectors' file."""
+    decoder = [] if args.paper_decoder else ALIGNED_DECODER
+    vectors = [VECTORS_FLAG, os.path.join(args.work_dir, "data", "embeddings.words.txt")] if args.word_vectors else []
+    return [*decoder, *vectors]
 
 
 # ---------------------------------------------------------------- chunk F1 of the test hypotheses
@@ -250,6 +288,10 @@ def arguments(argv: Optional[List[str]] = None):
     parser.add_argument("--paper-decoder", action="store_true",
                         help="appendix B's decoder, attention alone (without --decoder-aligned-input); "
                              "results in examples/results/conll-paper-decoder*.jsonl")
+    parser.add_argument("--word-vectors", nargs="?", const=BUILT_VECTORS, metavar="FILE",
+                        help="every run reads word vectors ('word v1 ... v50' lines, e.g. SENNA's; alone: made from "
+                             "the Brown and ABC text by preprocessing/word_vectors.py), and every word that has one "
+                             "is in the dictionary; results in examples/results/conll-vectors*.jsonl")
     parser.add_argument("--report", action="store_true", help="only print the tables and draw the plot")
     args = runner.parse_arguments(parser, argv)
     args.work_dir = args.work_dir or os.path.join(runner.REPO, "runs", results_key(args))
@@ -258,14 +300,14 @@ def arguments(argv: Optional[List[str]] = None):
 
 def main():
     args = arguments()
-    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds, decoder_flags(args)))
+    chosen = runner.chosen_runs(args, runs(args.grid, args.seeds, model_flags(args)))
     data = os.path.join(args.work_dir, "data")
     if args.snapshot:
         return runner.take_snapshots(args, experiment(args, data), chosen)
     if args.reevaluate:
         runner.reevaluate(experiment(args, data), chosen)
     elif not args.report:
-        prepare(args.data_root, args.work_dir)
+        prepare(args.data_root, args.work_dir, args.word_vectors)
         runner.run_all(experiment(args, data), chosen, jobs=args.jobs)
     report(args)
 
