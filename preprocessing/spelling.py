@@ -205,6 +205,26 @@ def read_text(path: str) -> List[str]:
     return sentences
 
 
+def read_sources(brown: Optional[str], abc: Optional[str], text: Sequence[str]) -> List[Tuple[str, List[str]]]:
+    """(name, sentences) of each English text input given (add_text_arguments')."""
+    sources = []
+    if brown is not None:
+        sources.append(("brown", read_brown(brown)))
+    if abc is not None:
+        sources.append(("abc", read_abc(abc)))
+    for path in text:
+        sources.append((f"text:{os.path.abspath(path)}", read_text(path)))
+    return sources
+
+
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """The English text inputs, for read_sources: NLTK's two zips and the user's files."""
+    parser.add_argument("--brown", help="path to brown.zip")
+    parser.add_argument("--abc", help="path to abc.zip")
+    parser.add_argument("--text", nargs="+", metavar="FILE", default=[],
+                        help="plain UTF-8 text files, one sentence per line (besides or instead of the zips)")
+
+
 def describe_text(path: str) -> Dict[str, object]:
     """What meta.json records of a --text input: enough to tell later whether the file changed."""
     with open(path, "rb") as f:
@@ -318,15 +338,8 @@ def prepare(
         raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"--p must be in [0, 1], got {p}")
-    sources = []
-    if brown is not None:
-        sources.append(("brown", read_brown(brown)))
-    if abc is not None:
-        sources.append(("abc", read_abc(abc)))
-    for path in text_files:
-        sources.append((f"text:{os.path.abspath(path)}", read_text(path)))
     texts, per_source = [], {}
-    for name, sentences in sources:
+    for name, sentences in read_sources(brown, abc, text_files):
         clipped = [clip(normalise(s), max_chars) for s in sentences]
         kept = [t for t in clipped if t]
         per_source[name] = {"sentences": len(sentences), "kept": len(kept)}
@@ -394,10 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--task translation -s src -t tgt."
     )
     parser.add_argument("dest", help="output directory (must not exist or be empty unless --force)")
-    parser.add_argument("--brown", help="path to brown.zip")
-    parser.add_argument("--abc", help="path to abc.zip")
-    parser.add_argument("--text", nargs="+", metavar="FILE", default=[],
-                        help="plain UTF-8 text files, one sentence per line (besides or instead of the zips)")
+    add_text_arguments(parser)
     parser.add_argument("--p", type=float, default=0.3, help="replacement probability per character (default 0.3)")
     parser.add_argument("--max-chars", type=int, default=10, help="clip texts to this many characters (default 10)")
     parser.add_argument("--valid-fraction", type=float, default=0.05, help="default 0.05")

@@ -12,7 +12,7 @@ U·sqrt(S). A small window (2) gives vectors that group words by their syntactic
 information a chunker needs about a word its training data lacks.
 
 Text: brown.zip (NLTK's Brown corpus, tags stripped), abc.zip (NLTK's ABC news) and any UTF-8
-file of one sentence per line (``--text``, repeatable), tokenised the Penn Treebank's way as far
+file of one sentence per line (``--text FILE ...``), tokenised the Penn Treebank's way as far
 as a regular expression goes (``don't`` -> ``do n't``, ``dog's`` -> ``dog 's``, punctuation apart)
 and normalised as preprocessing/conll.py normalises CoNLL's words (lower case, numbers as
 ``<NUM>``), so that the vectors are found under the words the chunker reads. The words kept are
@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from preprocessing.conll import normalise_word  # noqa: E402
-from preprocessing.spelling import read_abc, read_brown, read_text  # noqa: E402
+from preprocessing.spelling import add_text_arguments, read_sources  # noqa: E402
 
 # Penn Treebank splits: abbreviations (u.s.) whole, "n't" and the clitics apart, words with inner
 # - . , / : whole (numbers, co-op).
@@ -113,21 +113,16 @@ def write_vectors(path: str, words: Sequence[str], vectors: np.ndarray) -> None:
 
 
 def read_corpora(brown: Optional[str], abc: Optional[str], texts: Sequence[str]) -> List[List[str]]:
-    lines = (read_brown(brown) if brown else []) + (read_abc(abc) if abc else [])
-    for path in texts:
-        lines += read_text(path)
-    if not lines:
+    sentences = [tokenise(line) for _, lines in read_sources(brown, abc, texts) for line in lines]
+    if not sentences:
         raise SystemExit("no text: give --brown, --abc or --text")
-    return [tokenise(line) for line in lines]
+    return sentences
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="the vector file to write")
-    parser.add_argument("--brown", metavar="ZIP", help="NLTK's brown.zip")
-    parser.add_argument("--abc", metavar="ZIP", help="NLTK's abc.zip")
-    parser.add_argument("--text", metavar="FILE", action="append", default=[],
-                        help="a UTF-8 file of one sentence per line (repeatable)")
+    add_text_arguments(parser)
     parser.add_argument("--dim", type=int, default=50, help="vector size (default 50, searnn_gru_conll's word embedding)")
     parser.add_argument("--window", type=int, default=2, help="words on either side that count as context (default 2)")
     parser.add_argument("--min-count", type=int, default=2, help="keep words seen at least this often (default 2)")
