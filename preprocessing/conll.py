@@ -149,6 +149,8 @@ def carve_validation(train: List[Sentence], size: int, seed: int):
 
 # ---------------------------------------------------------------- dictionaries
 
+EMBEDDINGS = "embeddings.words.txt"  # the dictionary's vectors, for the model's --encoder-embed-path
+
 
 def read_embeddings(path: str) -> Dict[str, str]:
     """word (lower-cased) -> the rest of its line, from a ``word v1 v2 ...`` text file."""
@@ -271,7 +273,7 @@ def prepare(
         if pretrained is not None:
             found = [word for word, _ in words if word in pretrained]
             dim = len(pretrained[found[0]].split(" ")) if found else 0
-            with open(os.path.join(tmp, "embeddings.words.txt"), "w", encoding="utf-8") as out:
+            with open(os.path.join(tmp, EMBEDDINGS), "w", encoding="utf-8") as out:
                 out.write(f"{len(found)} {dim}\n")  # the header fairseq's parse_embedding skips
                 for word in found:
                     out.write(f"{word} {pretrained[word]}\n")

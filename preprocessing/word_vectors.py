@@ -75,6 +75,8 @@ def cooccurrences(sentences: Iterable[List[str]], index: Dict[str, int], window:
 
 def ppmi(counts, context_smoothing: float):
     """max(0, log P(w, c) / (P(w) P_a(c))), P_a(c) proportional to count(c) ** a, on the nonzero cells."""
+    from scipy import sparse
+
     counts = counts.tocoo()
     total = counts.sum()
     word = np.asarray(counts.sum(axis=1)).ravel() / total
@@ -82,8 +84,6 @@ def ppmi(counts, context_smoothing: float):
     context /= context.sum()
     pmi = np.log(counts.data / total) - np.log(word[counts.row]) - np.log(context[counts.col])
     keep = pmi > 0
-    from scipy import sparse
-
     return sparse.coo_matrix((pmi[keep], (counts.row[keep], counts.col[keep])), shape=counts.shape).tocsr()
 
 

@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from examples import finetuning, runner  # noqa: E402
 from examples.ocr.run import DECAYING_MLE_TERM, FINETUNE_BUDGET  # noqa: E402
+from preprocessing import conll as conll_data  # noqa: E402
 
 TASK = ["--task", "factored_translation", "--source-lang", "words", "--target-lang", "chunk", "--source-factor", "pos"]
 MAX_EPOCH, PATIENCE = 60, 5
@@ -168,7 +169,7 @@ def results_key(args) -> str:
 def model_flags(args) -> List[str]:
     """The flags every row adds for the model: the decoder's input, and the word vectors' file."""
     decoder = [] if args.paper_decoder else ALIGNED_DECODER
-    vectors = [VECTORS_FLAG, os.path.join(args.work_dir, "data", "embeddings.words.txt")] if args.word_vectors else []
+    vectors = [VECTORS_FLAG, os.path.join(args.work_dir, "data", conll_data.EMBEDDINGS)] if args.word_vectors else []
     return [*decoder, *vectors]
 
 
