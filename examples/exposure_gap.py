@@ -17,7 +17,6 @@ or extra token; teacher forcing has the reference's length). The excess of greed
 teacher-forced errors is what the model loses to its own prefixes.
 """
 
-import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from examples import checkpoint_diagnostics  # noqa: E402
 from searnn_fairseq.rollout import eval_mode, reference_lengths  # noqa: E402
 from searnn_fairseq.validation import GreedyValidation, greedy_decode, validation_caps  # noqa: E402
 
@@ -116,25 +116,8 @@ def measure(model, validation: GreedyValidation, batches) -> Gap:
 
 
 def main(argv=None) -> None:
-    from fairseq import checkpoint_utils, options, tasks, utils
-
-    parser = options.get_training_parser()
-    parser.add_argument("--path", required=True, help="the model's checkpoint")
-    parser.add_argument("--subset", default="valid", help="the data split decoded")
-    parser.add_argument("--batches", type=int, default=0, help="only the first N batches (0: all)")
-    argv = sys.argv[1:] if argv is None else argv
-    state = checkpoint_utils.load_checkpoint_to_cpu(argv[argv.index("--path") + 1])
-    arch = state["cfg"]["model"]._name if state.get("cfg") is not None else state["args"].arch
-    args = options.parse_args_and_arch(parser, [*argv, "--arch", arch])
-    utils.import_user_module(args)
-
-    task = tasks.setup_task(args)
-    task.load_dataset(args.subset)
-    [model], _ = checkpoint_utils.load_model_ensemble([args.path], task=task)
-    validation = task.build_criterion(args).validation
-    iterator = task.get_batch_iterator(dataset=task.dataset(args.subset), max_sentences=args.batch_size or 128,
-                                       seed=args.seed, num_workers=0).next_epoch_itr(shuffle=False)
-    gap = measure(model, validation, itertools.islice(iterator, args.batches or None))
+    args, task, model = checkpoint_diagnostics.load(argv)
+    gap = measure(model, task.build_criterion(args).validation, checkpoint_diagnostics.batches(args, task))
     print(f"| {args.path} on {args.subset} | |\n|---|---|")
     for name, value in gap.rows():
         print(f"| {name} | {value} |")

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from examples import checkpoint_diagnostics  # noqa: E402
 from searnn_fairseq.losses import target_slots  # noqa: E402
 from searnn_fairseq.rollout import SearchResult  # noqa: E402
 
@@ -82,31 +83,15 @@ def measure(model, copied_criterion, best_criterion, batches, seed: int = 1) -> 
 
 
 def main(argv=None) -> None:
-    from fairseq import checkpoint_utils, options, tasks, utils
-
-    parser = options.get_training_parser()
-    parser.add_argument("--path", required=True, help="the model's checkpoint")
-    parser.add_argument("--subset", default="valid", help="the data split whose batches are searched")
-    parser.add_argument("--batches", type=int, default=10, help="how many batches (in the split's order)")
-    argv = sys.argv[1:] if argv is None else argv
-    state = checkpoint_utils.load_checkpoint_to_cpu(argv[argv.index("--path") + 1])
-    arch = state["cfg"]["model"]._name if state.get("cfg") is not None else state["args"].arch
-    args = options.parse_args_and_arch(parser, [*argv, "--arch", arch])
-    utils.import_user_module(args)
-
-    task = tasks.setup_task(args)
-    task.load_dataset(args.subset)
-    [model], _ = checkpoint_utils.load_model_ensemble([args.path], task=task)
+    args, task, model = checkpoint_diagnostics.load(argv, batches=10)
     criteria = {}
     for mode in ("copy", "best"):
         settings = copy.deepcopy(args)
         settings.reference_rollout = mode
         criteria[mode] = task.build_criterion(settings)
-    iterator = task.get_batch_iterator(dataset=task.dataset(args.subset), max_sentences=args.batch_size or 128,
-                                       seed=args.seed, num_workers=0).next_epoch_itr(shuffle=False)
-    batches = (sample for i, sample in zip(range(args.batches), iterator))
+    batches = checkpoint_diagnostics.batches(args, task)
     gap = measure(model, criteria["copy"], criteria["best"], batches, seed=args.seed)
-    print(f"| {args.path} on {args.subset} ({args.batches} batches) | |\n|---|---|")
+    print(f"| {args.path} on {args.subset} ({args.batches or 'all'} batches) | |\n|---|---|")
     for name, value in gap.rows():
         print(f"| {name} | {value} |")
 
