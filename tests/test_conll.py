@@ -401,3 +401,9 @@ def test_train_and_generate_with_chunk_f1_agree_with_seqeval(conll_data, tmp_pat
     assert int(line.group(4)) > 500 and predicted - int(line.group(4)) > 500, line.group(0)
     # test words outside the training words seen twice (7,855 of them)
     assert scores["unknown_word_share"] == 8.52
+    # the exposure diagnostic on the same checkpoint, through its command line
+    gap = run([sys.executable, os.path.join(runner.REPO, "examples", "exposure_gap.py"), str(conll_data),
+               "--path", str(tmp_path / "ll" / "checkpoint_best.pt"), "--user-dir", "searnn_fairseq",
+               *conll_run.TASK, "--criterion", "searnn_mle", "--cost", "normalized_hamming",
+               "--valid-max-len-a", "1", "--valid-max-len-b", "5", "--batches", "2", "--cpu"])
+    assert "| sentences / reference tokens | 256 / " in gap and "| disagreements on the reference's path | 0 |" in gap
