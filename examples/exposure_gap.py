@@ -32,6 +32,8 @@ from searnn_fairseq.validation import GreedyValidation, greedy_decode, validatio
 
 @dataclass
 class Gap:
+    """Counts summed over the sentences measured; ``rows`` turns them into rates."""
+
     sentences: int = 0
     tokens: int = 0  # reference tokens (without EOS)
     greedy_errors: int = 0
