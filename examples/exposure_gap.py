@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from examples import checkpoint_diagnostics  # noqa: E402
 from searnn_fairseq.rollout import eval_mode, reference_lengths  # noqa: E402
-from searnn_fairseq.validation import GreedyValidation, greedy_decode, validation_caps  # noqa: E402
+from searnn_fairseq.validation import GreedyValidation  # noqa: E402
 
 
 @dataclass
@@ -104,11 +104,8 @@ def measure(model, validation: GreedyValidation, batches) -> Gap:
     for sample in batches:
         target = sample["target"]
         _, ref_lens = reference_lengths(target, validation.pad, validation.eos)
-        net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
-        caps = validation_caps(net_input["src_lengths"], validation.max_len_a, validation.max_len_b, model)
         with torch.no_grad():
-            hyps, hyp_lens = greedy_decode(model, net_input, caps, validation.action_mask, validation.eos,
-                                           validation.pad, min_len=validation.min_len)
+            hyps, hyp_lens = validation.decode(model, sample)
             forced = teacher_forced_predictions(model, sample, validation)
         for i in range(target.size(0)):
             n = int(ref_lens[i])

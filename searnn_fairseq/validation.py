@@ -8,7 +8,7 @@ as it does in fairseq-generate's score.
 """
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor
@@ -83,13 +83,15 @@ class GreedyValidation:
     max_len_b: int = 200
     min_len: int = 1
 
+    def decode(self, model, sample) -> Tuple[Tensor, Tensor]:
+        """Each sentence's greedy prediction (right-padded, without EOS) and its length."""
+        net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
+        caps = validation_caps(net_input["src_lengths"], self.max_len_a, self.max_len_b, model)
+        return greedy_decode(model, net_input, caps, self.action_mask, self.eos, self.pad, min_len=self.min_len)
+
     def costs(self, model, sample) -> Tensor:
         """(B,) cost of each sentence's greedy prediction against its reference."""
         target = sample["target"]
         _, ref_lens = reference_lengths(target, self.pad, self.eos)
-        net_input = {k: v for k, v in sample["net_input"].items() if k != "prev_output_tokens"}
-        caps = validation_caps(net_input["src_lengths"], self.max_len_a, self.max_len_b, model)
-        hyps, hyp_lens = greedy_decode(
-            model, net_input, caps, self.action_mask, self.eos, self.pad, min_len=self.min_len
-        )
+        hyps, hyp_lens = self.decode(model, sample)
         return self.cost(hyps, hyp_lens, target, ref_lens)
