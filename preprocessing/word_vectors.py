@@ -104,6 +104,7 @@ def svd_vectors(matrix, dim: int, seed: int) -> np.ndarray:
 
 def write_vectors(path: str, words: Sequence[str], vectors: np.ndarray) -> None:
     scaled = vectors * (UNIFORM_INIT_STD / vectors.std())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # e.g. a runner's work dir not made yet
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as out:
         out.write(f"{len(words)} {vectors.shape[1]}\n")

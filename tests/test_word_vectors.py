@@ -1,5 +1,7 @@
 """preprocessing/word_vectors.py: tokens, counts, PPMI and SVD on hand-built cases."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,11 @@ def test_main_writes_a_header_and_vectors_at_the_models_initial_scale(tmp_path):
     values = np.array([[float(v) for v in line.split()[1:]] for line in lines[1:]])
     assert values.shape == (10, 3) and values.std() == pytest.approx(0.1 / np.sqrt(3), rel=1e-4)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["text.txt", "vectors.txt"]  # no temporary left
+
+
+def test_main_makes_the_output_folder(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(["the cat sat on the mat .", "a dog saw the cat ."] * 5) + "\n")
+    out = tmp_path / "runs" / "conll-vectors" / "vectors.txt"
+    assert wv.main([str(out), "--text", str(text), "--dim", "2"]) == 0
+    assert out.read_text().splitlines()[0] == "9 2" and os.listdir(out.parent) == ["vectors.txt"]
