@@ -87,12 +87,18 @@ def default_results(task: str) -> str:
     return os.path.join(REPO, "examples", "results", f"{task}.jsonl")
 
 
+def apart_from_the_task(experiment: Experiment) -> bool:
+    """Whether the experiment records into a results file other than its task's own (capped runs,
+    diagnostics, fine-tuning)."""
+    return os.path.abspath(experiment.results) != os.path.abspath(default_results(experiment.task))
+
+
 def baseline_rows(experiment: Experiment) -> List[dict]:
     """A results file apart from the task's own (e.g. capped runs) is plotted against the task's MLE runs."""
-    default = default_results(experiment.task)
-    if os.path.abspath(experiment.results) == os.path.abspath(default):
+    if not apart_from_the_task(experiment):
         return []
-    return [row for row in recorded(replace(experiment, results=default)).values() if row["config"] == "MLE"]
+    own = replace(experiment, results=default_results(experiment.task))
+    return [row for row in recorded(own).values() if row["config"] == "MLE"]
 
 
 def usable_cores() -> int:
@@ -848,10 +854,15 @@ def format_tables(rows: List[dict], metric: str, tables: List[tuple]) -> str:
 
 
 def plot_results(experiment: Experiment, rows: List[dict], title: str, configs: Optional[List[str]] = None) -> str:
-    """Draw a results file's validation curves beside it (with the task's MLE runs if the file is
-    not the task's own) and return the plot's path."""
+    """Draw a results file's validation curves beside it and return the plot's path. The task's own
+    file draws ``configs`` alone (a whole grid is too many lines to read); a file apart draws every
+    row it holds, which ``configs`` (the task's grid rows) would mostly leave out, with the task's
+    MLE runs to read them against."""
     path = os.path.splitext(experiment.results)[0] + "_validation.png"
-    plot_curves(rows + baseline_rows(experiment), path, title, configs)
+    if apart_from_the_task(experiment):
+        plot_curves(rows + baseline_rows(experiment), path, title)
+    else:
+        plot_curves(rows, path, title, configs)
     return path
 
 

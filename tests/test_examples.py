@@ -303,6 +303,15 @@ def test_a_results_file_apart_is_plotted_against_the_tasks_mle_runs(tmp_path, mo
     assert [r["config"] for r in runner.baseline_rows(apart)] == ["MLE"]
     own = runner.Experiment(task="t", data="d", work_dir="w", common=[], scoring="edit")
     assert runner.baseline_rows(own) == []
+    # the file apart is drawn whole (its rows are rarely the grid's), the task's own file its configs alone
+    drawn = {}
+    monkeypatch.setattr(runner, "plot_curves",
+                        lambda rows, path, title, configs=None: drawn.update({path: (rows, configs)}))
+    capped_row = {"run": "sllcas-policy-seed1", "config": "sLLCAS policy", "seed": 1}
+    runner.plot_results(apart, [capped_row], "t", configs=["MLE", "LL learned/mixed"])
+    assert drawn[str(tmp_path / "capped_validation.png")] == ([capped_row, rows[0]], None)
+    runner.plot_results(own, rows, "t", configs=["MLE"])
+    assert drawn[str(main.parent / "t_validation.png")] == (rows, ["MLE"])
 
 
 def test_reevaluating_appends_a_superseding_row_for_each_run_whose_best_checkpoint_is_here(tmp_path, monkeypatch):
